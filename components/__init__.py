@@ -1,0 +1,1 @@
+"""Reusable TFX components of music-rnn-tfx."""

@@ -1,0 +1,152 @@
+"""Beam executor: NoteSequence TFRecords -> one tf.Example per extracted event sequence.
+
+Runs Magenta's dataset stages (time-change split, quantize, drum/melody extraction) for
+the component's model config, counts every dropped sequence by reason (Beam counters, a
+JSON file next to the examples, the log) and refuses to finish with zero examples.
+"""
+
+import collections
+import json
+import os
+from typing import Any, Dict, Iterable, List, Tuple
+
+from absl import logging
+import apache_beam as beam
+import tensorflow as tf
+from tfx import types
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.types import artifact_utils
+from tfx.types import standard_component_specs
+
+from music_rnn import configs
+from music_rnn import extraction
+
+MODEL_CONFIG_KEY = 'model_config'
+STATS_FILE = 'extraction_stats.json'
+STATS_PROPERTY = 'extraction_stats'
+KEPT_STATS = ('drum_tracks_extracted', 'melodies_extracted')
+METRICS_NAMESPACE = 'music_rnn.extraction'
+_STATS_TAG = 'stats'
+
+
+def _count(stats: collections.Counter) -> Iterable[Any]:
+  """Publishes a stats delta as Beam counters and as a tagged output."""
+  for reason, n in stats.items():
+    beam.metrics.Metrics.counter(METRICS_NAMESPACE, reason).inc(n)
+  if stats:
+    yield beam.pvalue.TaggedOutput(_STATS_TAG, dict(stats))
+
+
+class _ReadFile(beam.DoFn):
+  """Reads one TFRecord file of NoteSequences, surviving corrupt records."""
+
+  def process(self, path: str):
+    stats = collections.Counter()
+    for note_sequence in extraction.read_note_sequences(path, stats):
+      yield note_sequence.SerializeToString()
+    yield from _count(stats)
+
+
+class _Extract(beam.DoFn):
+  """Extracts the config's event sequences from one NoteSequence."""
+
+  def __init__(self, config_name: str):
+    self._config_name = config_name
+
+  def setup(self):
+    # Imported lazily so the worker pays for note_seq only once.
+    from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
+    self._note_sequence_cls = music_pb2.NoteSequence
+    self._config = configs.get_config(self._config_name)
+
+  def process(self, serialized: bytes):
+    stats = collections.Counter()
+    note_sequence = self._note_sequence_cls.FromString(serialized)
+    for seq in extraction.extract_sequences(note_sequence, self._config, stats):
+      yield extraction.to_tf_example(seq, self._config)
+    yield from _count(stats)
+
+
+def _sum_stats(dicts: Iterable[Dict[str, int]]) -> Dict[str, int]:
+  total = collections.Counter()
+  for d in dicts:
+    total.update(d)
+  return dict(total)
+
+
+def _write_stats(stats: Dict[str, int], path: str) -> None:
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump(stats, f, indent=2, sort_keys=True)
+
+
+class Executor(base_example_gen_executor.BaseExampleGenExecutor):
+  """ExampleGen executor for NoteSequence TFRecords."""
+
+  _stats_dir = None
+
+  def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+    stats_dir = self._stats_dir
+
+    @beam.ptransform_fn
+    @beam.typehints.with_input_types(beam.Pipeline)
+    @beam.typehints.with_output_types(tf.train.Example)
+    def _NoteSequencesToExamples(pipeline: beam.Pipeline,
+                                 exec_properties: Dict[str, Any],
+                                 split_pattern: str) -> beam.pvalue.PCollection:
+      config = configs.get_config(exec_properties[MODEL_CONFIG_KEY])
+      input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+      pattern = os.path.join(input_base, split_pattern)
+      files = sorted(tf.io.gfile.glob(pattern))
+      if not files:
+        raise FileNotFoundError(f'No NoteSequence TFRecord files match {pattern!r}')
+      logging.info('Extracting %s sequences from %d file(s) matching %s',
+                   config.name, len(files), pattern)
+      read = (pipeline
+              | 'ListFiles' >> beam.Create(files)
+              | 'ReadNoteSequences' >> beam.ParDo(_ReadFile()).with_outputs(
+                  _STATS_TAG, main='sequences'))
+      extracted = (read.sequences
+                   | 'Spread' >> beam.Reshuffle()
+                   | 'Extract' >> beam.ParDo(_Extract(config.name)).with_outputs(
+                       _STATS_TAG, main='examples'))
+      if stats_dir:
+        stats_path = os.path.join(stats_dir, _stats_file_name(split_pattern))
+        _ = ((read[_STATS_TAG], extracted[_STATS_TAG])
+             | 'FlattenStats' >> beam.Flatten()
+             | 'SumStats' >> beam.CombineGlobally(_sum_stats)
+             | 'WriteStats' >> beam.Map(_write_stats, stats_path))
+      return extracted.examples
+
+    return _NoteSequencesToExamples
+
+  def Do(self, input_dict: Dict[str, List[types.Artifact]],
+         output_dict: Dict[str, List[types.Artifact]],
+         exec_properties: Dict[str, Any]) -> None:
+    examples = artifact_utils.get_single_instance(
+        output_dict[standard_component_specs.EXAMPLES_KEY])
+    self._stats_dir = os.path.join(examples.uri, '_stats')
+    super().Do(input_dict, output_dict, exec_properties)
+    stats = read_stats(examples.uri)
+    examples.set_string_custom_property(STATS_PROPERTY, json.dumps(stats, sort_keys=True))
+    logging.info('Extraction statistics for %s:\n%s', exec_properties[MODEL_CONFIG_KEY],
+                 extraction.format_stats(collections.Counter(stats)))
+    if not any(stats.get(k, 0) for k in KEPT_STATS):
+      raise ValueError(
+          'No usable sequences were extracted for config '
+          f'{exec_properties[MODEL_CONFIG_KEY]!r}. Dropped by reason:\n' +
+          extraction.format_stats(collections.Counter(stats)))
+
+
+def _stats_file_name(split_pattern: str) -> str:
+  safe = ''.join(c if c.isalnum() else '_' for c in split_pattern)
+  return f'{safe}.{STATS_FILE}'
+
+
+def read_stats(examples_uri: str) -> Dict[str, int]:
+  """Sums the per-input-split extraction stats an Examples artifact recorded."""
+  total = collections.Counter()
+  for path in tf.io.gfile.glob(os.path.join(examples_uri, '_stats', '*' + STATS_FILE)):
+    with tf.io.gfile.GFile(path) as f:
+      total.update(json.load(f))
+  return dict(total)

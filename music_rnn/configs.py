@@ -1,0 +1,238 @@
+"""Named model configs (Magenta's `default_configs`), the one source of truth.
+
+A config name (`drum_kit`, `basic_rnn`, `lookback_rnn`, `attention_rnn`) selects the
+event extraction, the encoding and the default hparams. The numbers are Magenta's
+(magenta/models/drums_rnn/drums_rnn_model.py, melody_rnn/melody_rnn_model.py,
+note_seq's encoder-decoders); nothing else in the project repeats them.
+"""
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional, Tuple
+
+DRUMS = 'drums'
+MELODY = 'melody'
+
+# note_seq constants (melodies_lib, drums_encoder_decoder), restated once here.
+MELODY_NO_EVENT = -2
+MELODY_NOTE_OFF = -1
+NUM_SPECIAL_MELODY_EVENTS = 2
+NOTES_PER_OCTAVE = 12
+DEFAULT_STEPS_PER_BAR = 16  # 4/4 at 4 steps per quarter
+NUM_DRUM_CLASSES = 9  # note_seq.drums_encoder_decoder.DEFAULT_DRUM_TYPE_PITCHES
+
+# Encodings (names of note-seq encoder-decoders).
+ENCODING_MULTI_DRUM_LOOKBACK = 'lookback_multi_drum'  # LookbackEventSequenceEncoderDecoder(MultiDrumOneHotEncoding)
+ENCODING_MELODY_ONE_HOT = 'one_hot_melody'  # OneHotEventSequenceEncoderDecoder(MelodyOneHotEncoding)
+ENCODING_MELODY_LOOKBACK = 'lookback_melody'  # LookbackEventSequenceEncoderDecoder(MelodyOneHotEncoding)
+ENCODING_KEY_MELODY = 'key_melody'  # KeyMelodyEncoderDecoder
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+  """Model/training hyperparameters (Magenta's HParams for the config)."""
+  batch_size: int = 128
+  rnn_layer_sizes: Tuple[int, ...] = (128, 128)
+  dropout_keep_prob: float = 0.5
+  attn_length: int = 0  # 0: no attention
+  clip_norm: float = 5.0
+  learning_rate: float = 0.001
+
+  def replace(self, **overrides: Any) -> 'HParams':
+    """Returns a copy with `overrides` applied; unknown names are an error."""
+    known = {f.name for f in dataclasses.fields(self)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+      raise ValueError(f'Unknown hparam(s) {unknown}; known: {sorted(known)}')
+    if 'rnn_layer_sizes' in overrides:
+      overrides['rnn_layer_sizes'] = tuple(int(s) for s in overrides['rnn_layer_sizes'])
+    new = dataclasses.replace(self, **overrides)
+    new.validate()
+    return new
+
+  def validate(self) -> None:
+    if self.batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {self.batch_size}')
+    if not self.rnn_layer_sizes or any(s < 1 for s in self.rnn_layer_sizes):
+      raise ValueError(f'rnn_layer_sizes must be positive ints, got {self.rnn_layer_sizes}')
+    if not 0.0 < self.dropout_keep_prob <= 1.0:
+      raise ValueError(f'dropout_keep_prob must be in (0, 1], got {self.dropout_keep_prob}')
+    if self.attn_length < 0:
+      raise ValueError(f'attn_length must be >= 0, got {self.attn_length}')
+    if self.clip_norm <= 0:
+      raise ValueError(f'clip_norm must be > 0, got {self.clip_norm}')
+    if self.learning_rate <= 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate}')
+
+  def to_dict(self) -> Dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d['rnn_layer_sizes'] = list(self.rnn_layer_sizes)
+    return d
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorConfig:
+  """Magenta's dataset-pipeline settings (DrumsExtractor / MelodyExtractor)."""
+  steps_per_quarter: int = 4
+  min_bars: int = 7
+  max_steps: int = 512  # longer sequences are truncated (max_steps_truncate)
+  gap_bars: float = 1.0
+  min_unique_pitches: int = 5  # melodies only
+  ignore_polyphonic_notes: bool = False  # melodies only; Magenta's melody_rnn default
+  eval_ratio: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """One named model: what it extracts, how it encodes, its default hparams."""
+  name: str
+  kind: str  # DRUMS or MELODY
+  encoding: str
+  hparams: HParams
+  description: str = ''
+  extractor: ExtractorConfig = ExtractorConfig()
+  lookback_distances: Tuple[int, ...] = ()
+  binary_counter_bits: int = 0
+  min_note: int = 48  # melody note range [min_note, max_note)
+  max_note: int = 84
+  transpose_to_key: Optional[int] = 0
+
+  @property
+  def num_classes(self) -> int:
+    """Size of the softmax (label space)."""
+    if self.kind == DRUMS:
+      return 2 ** NUM_DRUM_CLASSES + len(self.lookback_distances)
+    base = self.max_note - self.min_note + NUM_SPECIAL_MELODY_EVENTS
+    if self.encoding == ENCODING_MELODY_ONE_HOT:
+      return base
+    return base + len(self.lookback_distances)
+
+  @property
+  def input_size(self) -> int:
+    """Size of the per-step model input vector."""
+    note_range = self.max_note - self.min_note
+    if self.kind == DRUMS:
+      one_hot = 2 ** NUM_DRUM_CLASSES
+      return one_hot + len(self.lookback_distances) * one_hot + self.binary_counter_bits + (
+          len(self.lookback_distances))
+    if self.encoding == ENCODING_MELODY_ONE_HOT:
+      return note_range + NUM_SPECIAL_MELODY_EVENTS
+    if self.encoding == ENCODING_MELODY_LOOKBACK:
+      one_hot = note_range + NUM_SPECIAL_MELODY_EVENTS
+      return one_hot + len(self.lookback_distances) * one_hot + self.binary_counter_bits + (
+          len(self.lookback_distances))
+    if self.encoding == ENCODING_KEY_MELODY:
+      return (note_range + 2 + 1 + 1 + len(self.lookback_distances) +
+              self.binary_counter_bits + 1 + 2 * NOTES_PER_OCTAVE)
+    raise ValueError(f'Unknown encoding {self.encoding}')
+
+  @property
+  def no_event_label(self) -> int:
+    """Label of the 'nothing happens' event (empty drum set / MELODY_NO_EVENT)."""
+    return 0
+
+  def to_dict(self, hparams: Optional[HParams] = None) -> Dict[str, Any]:
+    """JSON-able description; what an exported SavedModel records about itself."""
+    return {
+        'name': self.name,
+        'kind': self.kind,
+        'encoding': self.encoding,
+        'description': self.description,
+        'input_size': self.input_size,
+        'num_classes': self.num_classes,
+        'no_event_label': self.no_event_label,
+        'lookback_distances': list(self.lookback_distances),
+        'binary_counter_bits': self.binary_counter_bits,
+        'min_note': self.min_note,
+        'max_note': self.max_note,
+        'transpose_to_key': self.transpose_to_key,
+        'extractor': dataclasses.asdict(self.extractor),
+        'hparams': (hparams or self.hparams).to_dict(),
+    }
+
+  def to_json(self, hparams: Optional[HParams] = None) -> str:
+    return json.dumps(self.to_dict(hparams), sort_keys=True)
+
+
+CONFIGS: Dict[str, ModelConfig] = {
+    c.name: c for c in [
+        ModelConfig(
+            name='drum_kit',
+            kind=DRUMS,
+            encoding=ENCODING_MULTI_DRUM_LOOKBACK,
+            description='Drums RNN with multiple drums and binary counters.',
+            lookback_distances=(),
+            binary_counter_bits=6,
+            hparams=HParams(batch_size=128, rnn_layer_sizes=(256, 256, 256),
+                            dropout_keep_prob=0.5, attn_length=32, clip_norm=3.0,
+                            learning_rate=0.001)),
+        ModelConfig(
+            name='basic_rnn',
+            kind=MELODY,
+            encoding=ENCODING_MELODY_ONE_HOT,
+            description='Melody RNN with one-hot encoding.',
+            hparams=HParams(batch_size=128, rnn_layer_sizes=(128, 128),
+                            dropout_keep_prob=0.5, clip_norm=5.0, learning_rate=0.001)),
+        ModelConfig(
+            name='lookback_rnn',
+            kind=MELODY,
+            encoding=ENCODING_MELODY_LOOKBACK,
+            description='Melody RNN with lookback encoding.',
+            lookback_distances=(DEFAULT_STEPS_PER_BAR, 2 * DEFAULT_STEPS_PER_BAR),
+            binary_counter_bits=5,
+            hparams=HParams(batch_size=128, rnn_layer_sizes=(128, 128),
+                            dropout_keep_prob=0.5, clip_norm=5.0, learning_rate=0.001)),
+        ModelConfig(
+            name='attention_rnn',
+            kind=MELODY,
+            encoding=ENCODING_KEY_MELODY,
+            description='Melody RNN with lookback encoding and attention.',
+            lookback_distances=(DEFAULT_STEPS_PER_BAR, 2 * DEFAULT_STEPS_PER_BAR),
+            binary_counter_bits=7,
+            hparams=HParams(batch_size=128, rnn_layer_sizes=(128, 128),
+                            dropout_keep_prob=0.5, attn_length=40, clip_norm=3.0,
+                            learning_rate=0.001)),
+    ]
+}
+
+
+def get_config(name: str) -> ModelConfig:
+  """Looks a config up by name, with a clear error listing the valid names."""
+  try:
+    return CONFIGS[name]
+  except KeyError:
+    raise ValueError(
+        f'Unknown model config {name!r}; choose one of {sorted(CONFIGS)}') from None
+
+
+def parse_hparams(text: str) -> Dict[str, Any]:
+  """Parses Magenta's --hparams syntax, e.g. 'batch_size=64,rnn_layer_sizes=[64,64]'.
+
+  Values are JSON-ish (numbers, lists); names are checked against HParams.
+  """
+  overrides: Dict[str, Any] = {}
+  if not text or not text.strip():
+    return overrides
+  parts, depth, current = [], 0, ''
+  for ch in text:
+    depth += ch == '['
+    depth -= ch == ']'
+    if ch == ',' and depth == 0:
+      parts.append(current)
+      current = ''
+    else:
+      current += ch
+  parts.append(current)
+  known = {f.name for f in dataclasses.fields(HParams)}
+  for part in parts:
+    if '=' not in part:
+      raise ValueError(f'Bad hparam {part!r}: expected name=value in {text!r}')
+    name, value = (s.strip() for s in part.split('=', 1))
+    if name not in known:
+      raise ValueError(f'Unknown hparam {name!r}; known: {sorted(known)}')
+    try:
+      overrides[name] = json.loads(value)
+    except json.JSONDecodeError:
+      raise ValueError(f'Bad value for hparam {name!r}: {value!r}') from None
+  HParams().replace(**overrides)  # validates types and ranges
+  return overrides

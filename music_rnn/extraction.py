@@ -1,0 +1,457 @@
+"""NoteSequence -> drum tracks / melodies, exactly as Magenta's dataset pipelines do.
+
+Magenta's drums_rnn and melody_rnn dataset pipelines run, per piece:
+TimeChangeSplitter -> Quantizer -> [TranspositionPipeline(0), melodies only] ->
+DrumsExtractor / MelodyExtractor. We follow the same stages and the same loops
+(extract_drum_tracks / extract_melodies with DrumTrack / Melody.from_quantized_sequence
+semantics), so the events equal Magenta's, with two differences that only add
+robustness: nothing raises on bad input (every dropped piece, segment or track is
+counted in `stats` under a reason, Magenta's stat name where it has one), and notes
+are indexed once per segment so very long pieces stay linear rather than quadratic.
+"""
+
+import bisect
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+from typing import Iterator, List, Optional, Sequence, TextIO, Tuple, Union
+
+from note_seq import sequences_lib
+from note_seq.protobuf import music_pb2
+import tensorflow as tf
+
+from music_rnn import configs
+from music_rnn import features
+from music_rnn import io_utils
+
+_MIN_MIDI_PITCH = 0
+_MAX_MIDI_PITCH = 127
+
+
+@dataclasses.dataclass
+class ExtractedSequence:
+  """One extracted drum track or melody, with where it came from."""
+  source_id: str
+  track_index: int  # index among the sequences extracted from the same piece
+  start_step: int  # first quantized step, within its time-change segment
+  steps_per_bar: int
+  steps_per_quarter: int
+  qpm: float
+  # melody: ints (-2 no event, -1 note off, 0..127 note on);
+  # drums: one tuple of sorted MIDI pitches per step (empty tuple: no drums).
+  events: list
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.events)
+
+
+class _BadNoteError(Exception):
+  """A note that ends before it starts (note_seq's BadNoteError; Magenta crashes)."""
+
+
+# ---------------------------------------------------------------------------------
+# Piece ids and reading.
+
+
+def source_id_of(note_sequence: music_pb2.NoteSequence) -> str:
+  """The piece's stable id (train/eval split key, so a piece never straddles splits)."""
+  if note_sequence.id:
+    return note_sequence.id
+  if note_sequence.filename:
+    return note_sequence.filename
+  digest = hashlib.sha1(note_sequence.SerializeToString(deterministic=True)).hexdigest()
+  return 'sha1:' + digest[:20]
+
+
+def read_note_sequences(file_pattern: Union[str, Sequence[str]],
+                        stats: collections.Counter) -> Iterator[music_pb2.NoteSequence]:
+  """Yields the NoteSequences in the TFRecord files matching `file_pattern`.
+
+  Gzip is detected per file. Damaged records ('records_corrupt'), records that are not
+  NoteSequences ('records_not_note_sequence') and NoteSequences without notes
+  ('sequences_empty') are counted and skipped; good records before a damaged spot are
+  kept. Raises FileNotFoundError only when nothing matches, which is a usage error.
+  """
+  files = io_utils.glob_files(file_pattern)
+  if not files:
+    raise FileNotFoundError(f'No files match {file_pattern!r}')
+  for path in files:
+    stats['files_read'] += 1
+    for data in io_utils.iter_tfrecords(path, stats):
+      note_sequence = _parse_note_sequence(data)
+      if note_sequence is None:
+        stats['records_not_note_sequence'] += 1
+        continue
+      if not note_sequence.notes:
+        stats['sequences_empty'] += 1
+        continue
+      yield note_sequence
+
+
+def _parse_note_sequence(data: bytes) -> Optional[music_pb2.NoteSequence]:
+  """Parses a NoteSequence, or None when the bytes are something else.
+
+  Protobuf parsing is lenient (another message type often parses "successfully"), so
+  a parse that yields no notes but unknown fields is taken as not a NoteSequence.
+  """
+  note_sequence = music_pb2.NoteSequence()
+  try:
+    note_sequence.ParseFromString(data)
+  except Exception:  # pylint: disable=broad-except; DecodeError, or RuntimeWarning-ish upb errors
+    return None
+  if not note_sequence.notes and data:
+    from google.protobuf import unknown_fields  # pylint: disable=g-import-not-at-top
+    if len(unknown_fields.UnknownFieldSet(note_sequence)):
+      return None
+  return note_sequence
+
+
+# ---------------------------------------------------------------------------------
+# Extraction.
+
+
+def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.ModelConfig,
+                      stats: collections.Counter) -> List[ExtractedSequence]:
+  """All drum tracks or melodies (per `config.kind`) Magenta would extract from a piece.
+
+  Never raises on bad musical input; see the module docstring for the stat names.
+  """
+  stats['sequences_processed'] += 1
+  source_id = source_id_of(note_sequence)
+  if not note_sequence.notes:
+    stats['sequences_empty'] += 1
+    return []
+  drums = config.kind == configs.DRUMS
+  if drums and not any(n.is_drum and n.velocity for n in note_sequence.notes):
+    stats['no_drums'] += 1  # Magenta would still run (and find nothing); so do we.
+  if not drums and not any(not n.is_drum and n.velocity for n in note_sequence.notes):
+    stats['no_pitched_notes'] += 1
+
+  try:
+    segments = sequences_lib.split_note_sequence_on_time_changes(note_sequence)
+  except Exception as e:  # pylint: disable=broad-except; e.g. an already quantized input
+    logging.warning('Skipped %s: cannot split on time changes: %s', source_id, e)
+    stats['split_failed'] += 1
+    return []
+  stats['time_change_segments'] += len(segments)
+
+  ext = config.extractor
+  results = []
+  for segment in segments:
+    quantized = _quantize(segment, ext.steps_per_quarter, source_id, stats)
+    if quantized is None:
+      continue
+    if not drums and _pitch_out_of_range(quantized):
+      # Magenta's melody pipeline runs TranspositionPipeline((0,)) here, which drops
+      # segments with a non-drum pitch outside [0, 127].
+      stats['skipped_due_to_range_exceeded'] += 1
+      continue
+    steps_per_bar_float = sequences_lib.steps_per_bar_in_quantized_sequence(quantized)
+    # Drum extraction checks the bar length unconditionally; melody extraction only
+    # once it looks at a track, i.e. when the segment has notes.
+    if steps_per_bar_float % 1 != 0 and (drums or quantized.notes):
+      stats['non_integer_steps_per_bar'] += 1
+      continue
+    steps_per_bar = int(steps_per_bar_float)
+    try:
+      if drums:
+        found = _extract_drum_tracks(quantized, steps_per_bar, ext, stats)
+      else:
+        found = _extract_melodies(quantized, steps_per_bar, ext, stats)
+    except _BadNoteError as e:
+      logging.warning('Skipped a segment of %s: %s', source_id, e)
+      stats['segments_discarded_bad_note'] += 1
+      continue
+    qpm = quantized.tempos[0].qpm
+    for start_step, events in found:
+      results.append(ExtractedSequence(
+          source_id=source_id, track_index=len(results), start_step=start_step,
+          steps_per_bar=steps_per_bar, steps_per_quarter=ext.steps_per_quarter,
+          qpm=qpm, events=events))
+  stats['drum_tracks_extracted' if drums else 'melodies_extracted'] += len(results)
+  return results
+
+
+def _quantize(segment, steps_per_quarter, source_id, stats):
+  """Magenta's Quantizer stage: its three counted skips, plus ours for other errors."""
+  try:
+    return sequences_lib.quantize_note_sequence(segment, steps_per_quarter)
+  except sequences_lib.MultipleTimeSignatureError:
+    stats['sequences_discarded_because_multiple_time_signatures'] += 1
+  except sequences_lib.MultipleTempoError:
+    stats['sequences_discarded_because_multiple_tempos'] += 1
+  except sequences_lib.BadTimeSignatureError:
+    stats['sequences_discarded_because_bad_time_signature'] += 1
+  except Exception as e:  # pylint: disable=broad-except; NegativeTimeError etc. crash Magenta
+    logging.warning('Skipped a segment of %s: quantization failed: %s', source_id, e)
+    stats['quantization_failed'] += 1
+  return None
+
+
+def _pitch_out_of_range(quantized) -> bool:
+  return any(not n.is_drum and not _MIN_MIDI_PITCH <= n.pitch <= _MAX_MIDI_PITCH
+             for n in quantized.notes)
+
+
+def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
+                         stats: collections.Counter) -> List[Tuple[int, list]]:
+  """Magenta's extract_drum_tracks (search_start_step 0, no pad_end, is_drum only).
+
+  Returns (start_step, events) pairs; events are tuples of sorted pitches per step.
+  """
+  pitches_at = collections.defaultdict(set)
+  for note in quantized.notes:
+    if note.is_drum and note.velocity:  # zero-velocity notes are ignored
+      pitches_at[note.quantized_start_step].add(note.pitch)
+  onsets = sorted(pitches_at)
+  gap_steps = ext.gap_bars * steps_per_bar
+  min_steps = steps_per_bar * ext.min_bars
+  tracks = []
+  search_start_step = 0
+  while True:
+    # DrumTrack.from_quantized_sequence(search_start_step=search_start_step)
+    first = bisect.bisect_left(onsets, search_start_step)
+    if first == len(onsets):
+      break  # an empty track ends the search
+    track_start = onsets[first] - (onsets[first] - search_start_step) % steps_per_bar
+    events = []
+    gap_start = 0
+    for onset in onsets[first:]:
+      index = onset - track_start
+      if events and index - gap_start >= gap_steps:
+        break
+      events.extend([()] * (index + 1 - len(events)))
+      events[index] = tuple(sorted(pitches_at[onset]))
+      gap_start = index + 1
+    end_step = track_start + len(events)
+    # The next search starts at the first bar boundary at or after this track's end.
+    search_start_step = end_step + (search_start_step - end_step) % steps_per_bar
+
+    if len(events) < min_steps:
+      stats['drum_tracks_discarded_too_short'] += 1
+      continue
+    if ext.max_steps is not None and len(events) > ext.max_steps:
+      del events[ext.max_steps:]
+      stats['drum_tracks_truncated'] += 1
+    tracks.append((track_start, events))
+  return tracks
+
+
+def _extract_melodies(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
+                      stats: collections.Counter) -> List[Tuple[int, List[int]]]:
+  """Magenta's extract_melodies (search_start_step 0, no pad_end, filter_drums)."""
+  by_instrument = collections.defaultdict(list)
+  for order, note in enumerate(quantized.notes):
+    by_instrument[note.instrument].append(
+        (note.quantized_start_step, -note.pitch, order, note.quantized_end_step,
+         note.is_drum, note.velocity))
+  min_steps = steps_per_bar * ext.min_bars
+  melodies = []
+  # Magenta walks a set of instrument numbers; iterate the same set so the order of
+  # the extracted melodies matches too.
+  for instrument in set(n.instrument for n in quantized.notes):
+    # Sorted by onset, then pitch descending (the order Melody uses; ties keep
+    # sequence order).
+    notes = sorted(by_instrument[instrument])
+    onsets = [n[0] for n in notes]
+    search_start_step = 0
+    while True:
+      try:
+        melody_start, events = _melody_from_notes(
+            notes, onsets, search_start_step, steps_per_bar, ext)
+      except _PolyphonyFound:
+        stats['polyphonic_tracks_discarded'] += 1
+        break  # Magenta gives up on the rest of this instrument
+      if not events:
+        break
+      end_step = melody_start + len(events)
+      search_start_step = end_step + (0 - end_step) % steps_per_bar
+
+      if len(events) < min_steps:
+        stats['melodies_discarded_too_short'] += 1
+        continue
+      if ext.max_steps is not None and len(events) > ext.max_steps:
+        del events[ext.max_steps:]
+        stats['melodies_truncated'] += 1
+      pitch_classes = {e % configs.NOTES_PER_OCTAVE for e in events if e >= _MIN_MIDI_PITCH}
+      if len(pitch_classes) < ext.min_unique_pitches:
+        stats['melodies_discarded_too_few_pitches'] += 1
+        continue
+      melodies.append((melody_start, events))
+  return melodies
+
+
+class _PolyphonyFound(Exception):
+  """Two notes start on the same step (note_seq's PolyphonicMelodyError)."""
+
+
+def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
+  """Melody.from_quantized_sequence on one instrument's sorted notes.
+
+  Returns (start_step, events) with the final note-off stripped; events is empty
+  when no note was found.
+  """
+  first = bisect.bisect_left(onsets, search_start_step)
+  if first == len(notes):
+    return 0, []
+  # The melody starts on the bar of the first note at or after the search start,
+  # counting drum and silent notes too (Magenta filters them only afterwards).
+  melody_start = onsets[first] - (onsets[first] - search_start_step) % steps_per_bar
+  gap_steps = ext.gap_bars * steps_per_bar
+  events = []
+  last_on = last_off = 0
+  for i in range(first, len(notes)):
+    start, neg_pitch, _, end, is_drum, velocity = notes[i]
+    if is_drum or not velocity:
+      continue
+    start_index = start - melody_start
+    end_index = end - melody_start
+    if events:
+      if start_index <= last_on:
+        if start_index == last_on and ext.ignore_polyphonic_notes:
+          continue  # keep the highest pitch, which came first
+        raise _PolyphonyFound()
+      if start_index - last_off >= gap_steps:
+        break
+    if start_index >= end_index:
+      raise _BadNoteError(f'note ends before it starts: steps {start}..{end}')
+    # Melody._add_note: the new note cuts off whatever was after its start.
+    if end_index + 1 > len(events):
+      events.extend([configs.MELODY_NO_EVENT] * (end_index + 1 - len(events)))
+    else:
+      del events[end_index + 1:]
+    events[start_index] = -neg_pitch
+    events[start_index + 1:end_index] = [configs.MELODY_NO_EVENT] * (
+        end_index - start_index - 1)
+    events[end_index] = configs.MELODY_NOTE_OFF
+    last_on, last_off = start_index, end_index
+  if events:
+    del events[-1]  # the final NOTE_OFF is stripped
+  return melody_start, events
+
+
+# ---------------------------------------------------------------------------------
+# tf.Example encoding.
+
+
+def _int64s(values) -> tf.train.Feature:
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+
+
+def to_tf_example(seq: ExtractedSequence, config: configs.ModelConfig) -> tf.train.Example:
+  """The ExampleGen record for one sequence; every example of a kind has the same keys."""
+  feature = {
+      features.SOURCE_ID: tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[seq.source_id.encode('utf-8')])),
+      features.TRACK_INDEX: _int64s([seq.track_index]),
+      features.START_STEP: _int64s([seq.start_step]),
+      features.NUM_STEPS: _int64s([len(seq.events)]),
+      features.STEPS_PER_BAR: _int64s([seq.steps_per_bar]),
+      features.STEPS_PER_QUARTER: _int64s([seq.steps_per_quarter]),
+      features.QPM: tf.train.Feature(float_list=tf.train.FloatList(value=[seq.qpm])),
+  }
+  if config.kind == configs.DRUMS:
+    feature[features.DRUM_PITCHES] = _int64s([p for step in seq.events for p in step])
+    feature[features.DRUM_PITCH_COUNTS] = _int64s([len(step) for step in seq.events])
+  else:
+    feature[features.MELODY_EVENTS] = _int64s(seq.events)
+  return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def from_tf_example(example_or_bytes: Union[tf.train.Example, bytes],
+                    config: configs.ModelConfig) -> ExtractedSequence:
+  """Inverse of `to_tf_example` (for tests and tools)."""
+  example = example_or_bytes
+  if isinstance(example_or_bytes, (bytes, bytearray)):
+    example = tf.train.Example.FromString(bytes(example_or_bytes))
+  f = example.features.feature
+
+  def one_int(name):
+    return int(f[name].int64_list.value[0])
+
+  if config.kind == configs.DRUMS:
+    flat = list(f[features.DRUM_PITCHES].int64_list.value)
+    events, pos = [], 0
+    for count in f[features.DRUM_PITCH_COUNTS].int64_list.value:
+      events.append(tuple(int(p) for p in flat[pos:pos + count]))
+      pos += count
+  else:
+    events = [int(e) for e in f[features.MELODY_EVENTS].int64_list.value]
+  return ExtractedSequence(
+      source_id=f[features.SOURCE_ID].bytes_list.value[0].decode('utf-8'),
+      track_index=one_int(features.TRACK_INDEX),
+      start_step=one_int(features.START_STEP),
+      steps_per_bar=one_int(features.STEPS_PER_BAR),
+      steps_per_quarter=one_int(features.STEPS_PER_QUARTER),
+      qpm=float(f[features.QPM].float_list.value[0]),
+      events=events)
+
+
+# ---------------------------------------------------------------------------------
+# The `music-rnn extract` command's engine.
+
+
+def run_extraction(file_pattern: Union[str, Sequence[str]], config: configs.ModelConfig,
+                   events_out: Union[None, str, TextIO] = None) -> collections.Counter:
+  """Reads NoteSequence TFRecords, extracts, optionally writes JSONL; returns stats.
+
+  Each JSONL line is {"source_id", "track_index", "start_step", "steps_per_bar",
+  "events"}; drum events are per-step lists of sorted pitches, melody events ints.
+  """
+  stats = collections.Counter()
+  out, close = None, False
+  if isinstance(events_out, str):
+    parent = os.path.dirname(events_out)
+    if parent:
+      os.makedirs(parent, exist_ok=True)
+    out, close = open(events_out, 'w', encoding='utf-8'), True
+  elif events_out is not None:
+    out = events_out
+  try:
+    for note_sequence in read_note_sequences(file_pattern, stats):
+      for seq in extract_sequences(note_sequence, config, stats):
+        if out is not None:
+          events = ([list(step) for step in seq.events]
+                    if config.kind == configs.DRUMS else seq.events)
+          out.write(json.dumps({
+              'source_id': seq.source_id, 'track_index': seq.track_index,
+              'start_step': seq.start_step, 'steps_per_bar': seq.steps_per_bar,
+              'events': events}) + '\n')
+  finally:
+    if close:
+      out.close()
+  return stats
+
+
+# Reasons in pipeline order, so the table reads top to bottom like the pipeline.
+_STAT_ORDER = (
+    'files_read', 'records_read', 'records_corrupt', 'records_not_note_sequence',
+    'sequences_empty', 'sequences_processed', 'no_drums', 'no_pitched_notes',
+    'split_failed', 'time_change_segments',
+    'sequences_discarded_because_multiple_time_signatures',
+    'sequences_discarded_because_multiple_tempos',
+    'sequences_discarded_because_bad_time_signature', 'quantization_failed',
+    'skipped_due_to_range_exceeded', 'non_integer_steps_per_bar',
+    'segments_discarded_bad_note',
+    'drum_tracks_discarded_too_short', 'drum_tracks_truncated', 'drum_tracks_extracted',
+    'polyphonic_tracks_discarded', 'melodies_discarded_too_short', 'melodies_truncated',
+    'melodies_discarded_too_few_pitches', 'melodies_extracted',
+)
+
+
+def format_stats(stats: collections.Counter) -> str:
+  """A two-column table of counts, in pipeline order, then any other reasons."""
+  known = [k for k in _STAT_ORDER if k in stats]
+  names = known + sorted(k for k in stats if k not in _STAT_ORDER)
+  if not names:
+    return '(no statistics)'
+  width = max(len(n) for n in names)
+  buf = io.StringIO()
+  for name in names:
+    buf.write(f'{name:<{width}}  {stats[name]:>9,d}\n')
+  return buf.getvalue().rstrip('\n')

@@ -1,0 +1,38 @@
+"""Feature names shared by ExampleGen, Transform, Trainer and the exported model.
+
+Raw features are what the ExampleGen writes (one tf.Example per extracted drum track or
+melody); transformed features are what Transform's `preprocessing_fn` produces.
+"""
+
+# --- Raw features (ExampleGen output), present for every config. -------------------
+SOURCE_ID = 'source_id'  # bytes: id of the source piece; the train/eval split key
+TRACK_INDEX = 'track_index'  # int64: index of this sequence among those of its piece
+START_STEP = 'start_step'  # int64: first quantized step of the sequence in the piece
+NUM_STEPS = 'num_steps'  # int64: number of events (steps)
+STEPS_PER_BAR = 'steps_per_bar'  # int64
+STEPS_PER_QUARTER = 'steps_per_quarter'  # int64
+QPM = 'qpm'  # float: tempo of the (time-change-split) source segment
+
+# Melody configs: Magenta's melody events, -2 no event, -1 note off, 0..127 note on.
+MELODY_EVENTS = 'melody_events'  # int64[num_steps]
+
+# Drum configs: per-step sets of MIDI pitches, as a ragged pair.
+DRUM_PITCHES = 'drum_pitches'  # int64[sum(drum_pitch_counts)]: sorted pitches, step by step
+DRUM_PITCH_COUNTS = 'drum_pitch_counts'  # int64[num_steps]: how many pitches each step has
+
+METADATA_FEATURES = (SOURCE_ID, TRACK_INDEX, START_STEP, NUM_STEPS, STEPS_PER_BAR,
+                     STEPS_PER_QUARTER, QPM)
+
+# --- Transformed features (Transform output, Trainer input). ----------------------
+# inputs: float32, flattened [length, input_size] per example (note-seq's events_to_input
+#   for every position 0..length-1, i.e. `get_inputs_batch(full_length=True)`).
+# labels: int64 [length - 1]: labels[i] is events_to_label(events, i + 1), so
+#   (inputs[:length-1], labels) is exactly note-seq's `encode(events)`.
+INPUTS = 'inputs'
+LABELS = 'labels'
+LENGTH = 'length'  # int64 scalar: number of input steps (== num_steps)
+TRANSPOSE_AMOUNT = 'transpose_amount'  # int64 scalar: melody squash transposition (0 for drums)
+
+# --- Split names. ------------------------------------------------------------------
+TRAIN_SPLIT = 'train'
+EVAL_SPLIT = 'eval'

@@ -1,0 +1,1 @@
+"""The music-rnn TFX pipeline definition and its runners."""

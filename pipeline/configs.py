@@ -1,0 +1,46 @@
+"""Pipeline settings a user changes, in one place (TFX template style).
+
+Model numbers (encodings, hparams) live in music_rnn/configs.py, looked up by MODEL_CONFIG.
+Every value here can be overridden from the `music-rnn run` command line.
+"""
+
+import os
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Default data per model kind (see data/README.md).
+DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', 'freedoom.tfrecord')
+MELODY_DATA = os.path.join(PROJECT_ROOT, 'data', 'melody', 'essen_subset.tfrecord')
+
+# Where pipelines, ML-Metadata and pushed models go (override with MUSIC_RNN_HOME).
+OUTPUT_ROOT = os.environ.get('MUSIC_RNN_HOME', os.path.join(PROJECT_ROOT, 'build'))
+SERVING_MODELS_DIR = os.path.join(PROJECT_ROOT, 'serving', 'models')
+
+PIPELINE_NAME_PREFIX = 'music-rnn'
+
+# User code, reached by module path (module_file.py is the door TFX knocks on).
+PREPROCESSING_FN = 'module_file.preprocessing_fn'
+RUN_FN = 'module_file.run_fn'
+
+# Training length; hparams (batch size, layer sizes, ...) default to Magenta's config.
+TRAIN_STEPS = 200
+EVAL_STEPS = 20
+
+# Beam: DirectRunner in-process by default; `--workers N` switches to multi-processing.
+BEAM_PIPELINE_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']
+
+
+def pipeline_name(model_config: str) -> str:
+  return f'{PIPELINE_NAME_PREFIX}-{model_config.replace("_", "-")}'
+
+
+def default_data(kind: str) -> str:
+  from music_rnn import configs as model_configs  # pylint: disable=g-import-not-at-top
+  return DRUMS_DATA if kind == model_configs.DRUMS else MELODY_DATA
+
+
+def beam_args_for_workers(workers: int) -> list:
+  """DirectRunner args: in-process for 1 worker, multi-processing otherwise (0 = all cores)."""
+  if workers == 1:
+    return list(BEAM_PIPELINE_ARGS)
+  return ['--direct_running_mode=multi_processing', f'--direct_num_workers={workers}']

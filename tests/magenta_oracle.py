@@ -1,0 +1,97 @@
+"""Runs Magenta 2.1.4's own dataset-pipeline stages, as an oracle for extraction.py.
+
+Run in a subprocess (tests/test_extraction.py does) with Magenta on the path:
+
+  PYTHONPATH=.oracle-site python tests/magenta_oracle.py {drums|melody} INPUT.tfrecord[.gz]
+
+where .oracle-site comes from
+  pip install --no-deps --no-compile --target .oracle-site magenta==2.1.4
+
+For every NoteSequence in INPUT it chains TimeChangeSplitter -> Quantizer ->
+[TranspositionPipeline((0,)) for melodies] -> DrumsExtractor / MelodyExtractor exactly
+as drums_rnn_pipeline.py / melody_rnn_pipeline.py wire them (with the extractor
+settings those files use), and prints one JSON line per piece:
+  {"id": ..., "sequences": [{"start_step", "steps_per_bar", "qpm", "events"}], "stats": {...}}
+Drum events are per-step sorted pitch lists. Only Counter stats are reported.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import types
+
+
+def _import_magenta_pipelines():
+  """Imports magenta.pipelines without magenta/__init__.py.
+
+  That file pulls in all of Magenta (tensorflow_probability, tf_slim, ...); the
+  pipeline modules need only note_seq and TensorFlow.
+  """
+  spec = importlib.util.find_spec('magenta')
+  if spec is None or not spec.submodule_search_locations:
+    raise SystemExit('magenta is not on PYTHONPATH (see the module docstring)')
+  package = types.ModuleType('magenta')
+  package.__path__ = list(spec.submodule_search_locations)
+  sys.modules['magenta'] = package
+  # pylint: disable=g-import-not-at-top
+  from magenta.pipelines import drum_pipelines
+  from magenta.pipelines import melody_pipelines
+  from magenta.pipelines import note_sequence_pipelines
+  from magenta.pipelines import statistics
+  return drum_pipelines, melody_pipelines, note_sequence_pipelines, statistics
+
+
+def _read(path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
+  with open(path, 'rb') as f:
+    compression = 'GZIP' if f.read(2) == b'\x1f\x8b' else ''
+  for record in tf.data.TFRecordDataset(path, compression_type=compression):
+    yield music_pb2.NoteSequence.FromString(record.numpy())
+
+
+def main(argv):
+  kind, path = argv[1], argv[2]
+  drum_pipelines, melody_pipelines, note_sequence_pipelines, statistics = (
+      _import_magenta_pipelines())
+  splitter = note_sequence_pipelines.TimeChangeSplitter(name='S')
+  quantizer = note_sequence_pipelines.Quantizer(steps_per_quarter=4, name='Q')
+  transposer = note_sequence_pipelines.TranspositionPipeline((0,), name='T')
+  if kind == 'drums':
+    extractor = drum_pipelines.DrumsExtractor(
+        min_bars=7, max_steps=512, gap_bars=1.0, name='E')
+  else:
+    extractor = melody_pipelines.MelodyExtractor(
+        min_bars=7, max_steps=512, min_unique_pitches=5, gap_bars=1.0,
+        ignore_polyphonic_notes=False, name='E')
+
+  def run(stage, obj, stats):
+    stage._stats = []  # pylint: disable=protected-access; stages only set stats on events
+    out = stage.transform(obj)
+    for stat in stage.get_stats():
+      if isinstance(stat, statistics.Counter) and stat.count:
+        name = stat.name.split('_', 1)[1]  # drop the 'E_'-style stage prefix
+        stats[name] = stats.get(name, 0) + stat.count
+    return out
+
+  for ns in _read(path):
+    stats, sequences = {}, []
+    for segment in run(splitter, ns, stats):
+      for quantized in run(quantizer, segment, stats):
+        inputs = run(transposer, quantized, stats) if kind != 'drums' else [quantized]
+        for q in inputs:
+          for track in run(extractor, q, stats):
+            events = ([sorted(step) for step in track] if kind == 'drums'
+                      else [int(e) for e in track])
+            sequences.append({'start_step': track.start_step,
+                              'steps_per_bar': track.steps_per_bar,
+                              'qpm': q.tempos[0].qpm, 'events': events})
+    stats.pop('transpositions_generated', None)
+    print(json.dumps({'id': ns.id, 'sequences': sequences, 'stats': stats}))
+  return 0
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.exit(main(sys.argv))
