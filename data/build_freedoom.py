@@ -51,26 +51,28 @@ def wad_lumps(wad: bytes) -> Iterator[Tuple[str, bytes]]:
     yield name, wad[pos:pos + size]
 
 
-def deb_members(deb_path: str, wanted: List[str]) -> Dict[str, bytes]:
-  """Reads files out of a .deb (an `ar` archive around data.tar.*) without dpkg."""
+def deb_data_tar(deb_path: str) -> tarfile.TarFile:
+  """The data.tar.* member of a .deb (an `ar` archive), opened, without dpkg."""
   with open(deb_path, 'rb') as f:
     blob = f.read()
   if not blob.startswith(b'!<arch>\n'):
     raise ValueError(f'{deb_path} is not a .deb (ar) archive')
-  pos, data_tar = 8, None
+  pos = 8
   while pos + 60 <= len(blob):
     header = blob[pos:pos + 60]
     name = header[:16].decode('ascii').strip().rstrip('/')
     size = int(header[48:58].decode('ascii').strip())
-    body = blob[pos + 60:pos + 60 + size]
     if name.startswith('data.tar'):
-      data_tar = body
+      # tarfile detects gzip/bz2/xz; a zstd-compressed .deb would need dpkg-deb.
+      return tarfile.open(fileobj=io.BytesIO(blob[pos + 60:pos + 60 + size]), mode='r:*')
     pos += 60 + size + (size % 2)
-  if data_tar is None:
-    raise ValueError(f'{deb_path} has no data.tar member')
+  raise ValueError(f'{deb_path} has no data.tar member')
+
+
+def deb_members(deb_path: str, wanted: List[str]) -> Dict[str, bytes]:
+  """The contents of the files `wanted` (paths like 'usr/share/...') in a .deb."""
   found = {}
-  # tarfile detects gzip/bz2/xz; zstd-compressed debs would need an external tool.
-  with tarfile.open(fileobj=io.BytesIO(data_tar), mode='r:*') as tar:
+  with deb_data_tar(deb_path) as tar:
     for member in tar:
       path = member.name.lstrip('./')
       if path in wanted and member.isfile():
@@ -79,6 +81,16 @@ def deb_members(deb_path: str, wanted: List[str]) -> Dict[str, bytes]:
   if missing:
     raise ValueError(f'{deb_path} lacks {missing}')
   return found
+
+
+def download_deb(package: str, dest_dir: str) -> str:
+  """`apt-get download PACKAGE` into dest_dir; returns the .deb's path."""
+  print(f'Downloading the {package} package with apt-get download ...', file=sys.stderr)
+  subprocess.run(['apt-get', 'download', package], cwd=dest_dir, check=True)
+  debs = sorted(f for f in os.listdir(dest_dir) if f.endswith('.deb'))
+  if len(debs) != 1:
+    raise RuntimeError(f'expected one .deb from apt-get download, got {debs}')
+  return os.path.join(dest_dir, debs[0])
 
 
 def read_package(deb: str = None, root: str = None) -> Dict[str, bytes]:
@@ -93,16 +105,14 @@ def read_package(deb: str = None, root: str = None) -> Dict[str, bytes]:
   if deb:
     return deb_members(deb, wanted)
   with tempfile.TemporaryDirectory() as tmp:
-    print(f'Downloading the {PACKAGE} package with apt-get download ...', file=sys.stderr)
-    subprocess.run(['apt-get', 'download', PACKAGE], cwd=tmp, check=True)
-    debs = [f for f in os.listdir(tmp) if f.endswith('.deb')]
-    if len(debs) != 1:
-      raise RuntimeError(f'expected one .deb from apt-get download, got {debs}')
-    return deb_members(os.path.join(tmp, debs[0]), wanted)
+    return deb_members(download_deb(PACKAGE, tmp), wanted)
 
 
-def build(package: Dict[str, bytes], output: str) -> dict:
-  """Converts the music lumps and writes the TFRecord and licence; returns a summary."""
+def build(package: Dict[str, bytes], output: str, midi_dir: str = None) -> dict:
+  """Converts the music lumps and writes the TFRecord and licence; returns a summary.
+
+  With `midi_dir`, also saves each distinct lump as <wad>_<lump>.mid there.
+  """
   seen = {}  # content hash -> id of the first lump with that content
   sequences, duplicates, failures = [], {}, {}
   for wad_name in WADS:
@@ -115,6 +125,10 @@ def build(package: Dict[str, bytes], output: str) -> dict:
         duplicates[piece_id] = seen[digest]
         continue
       seen[digest] = piece_id
+      if midi_dir:
+        os.makedirs(midi_dir, exist_ok=True)
+        with open(os.path.join(midi_dir, piece_id.replace('/', '_') + '.mid'), 'wb') as f:
+          f.write(data)
       try:
         ns = note_seq.midi_to_note_sequence(data)
       except Exception as e:  # pylint: disable=broad-except; e.g. a MUS-format lump
@@ -148,8 +162,9 @@ def main(argv=None) -> int:
   source.add_argument('--deb', help='path to freedoom_*.deb (default: apt-get download)')
   source.add_argument('--root', help='directory the .deb was extracted into (dpkg-deb -x)')
   parser.add_argument('--output', default=DEFAULT_OUTPUT)
+  parser.add_argument('--midi-dir', help='also save the MIDI lumps as .mid files here')
   args = parser.parse_args(argv)
-  summary = build(read_package(args.deb, args.root), args.output)
+  summary = build(read_package(args.deb, args.root), args.output, args.midi_dir)
   print(json.dumps(summary, indent=2))
   return 1 if summary['failures'] else 0
 

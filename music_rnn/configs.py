@@ -128,7 +128,13 @@ class ModelConfig:
 
   @property
   def no_event_label(self) -> int:
-    """Label of the 'nothing happens' event (empty drum set / MELODY_NO_EVENT)."""
+    """Label of the 'nothing happens' event (empty drum set / MELODY_NO_EVENT).
+
+    note-seq's default_event_label: 0 for the one-hot encodings, but the note range for
+    KeyMelodyEncoderDecoder (whose labels put notes first, then the special events).
+    """
+    if self.encoding == ENCODING_KEY_MELODY:
+      return self.max_note - self.min_note
     return 0
 
   def to_dict(self, hparams: Optional[HParams] = None) -> Dict[str, Any]:

@@ -160,15 +160,17 @@ def squash_melodies(events: tf.Tensor, min_note: int, max_note: int,
         is_note, tf.float32)[..., None]
     key_hist = tf.tensordot(tf.reduce_sum(pitch_class, 1), _key_matrix(), 1)  # [B, 12]
     is_max = tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True))
-    key = tf.reduce_min(tf.where(is_max, tf.range(_OCTAVE, dtype=tf.int64), _OCTAVE), -1)
+    keys = tf.range(_OCTAVE, dtype=tf.int64)
+    key = tf.reduce_min(tf.where(is_max, keys, tf.constant(_OCTAVE, tf.int64)), -1)
     key_diff = transpose_to_key - key
-    lowest = tf.reduce_min(tf.where(is_note, events, _NUM_PITCHES), 1)
-    highest = tf.reduce_max(tf.where(is_note, events, -1), 1)
+    lowest = tf.reduce_min(tf.where(is_note, events, tf.constant(_NUM_PITCHES, tf.int64)), 1)
+    highest = tf.reduce_max(tf.where(is_note, events, tf.constant(-1, tf.int64)), 1)
     centre = tf.cast(lowest + highest, tf.float64) / 2.
     centre_diff = (min_note + max_note - 1) / 2. - (centre + tf.cast(key_diff, tf.float64))
     # tf.round is round-half-to-even, like python's round().
     octaves = tf.cast(tf.round(centre_diff / _OCTAVE), tf.int64)
-    amount = tf.where(tf.reduce_any(is_note, 1), key_diff + _OCTAVE * octaves, 0)
+    amount = tf.where(tf.reduce_any(is_note, 1), key_diff + _OCTAVE * octaves,
+                      tf.constant(0, tf.int64))
   moved = events + amount[:, None]
   folded = tf.where(
       moved < min_note, min_note + tf.math.floormod(moved - min_note, _OCTAVE),
@@ -232,11 +234,13 @@ def _key_melody_encode(events: tf.Tensor, min_note: int, max_note: int,
   # Ascending: sign of the latest non-zero step between consecutive notes (0 if none).
   last_note = _forward_fill(is_note, events, -1)
   previous_note = _shift_right(last_note, 1, -1)
-  step = tf.where(is_note & (previous_note >= 0), tf.sign(events - previous_note), 0)
-  ascending = _forward_fill(step != 0, step, 0)
+  direction = tf.where(is_note & (previous_note >= 0), tf.sign(events - previous_note),
+                       tf.zeros_like(events))
+  ascending = _forward_fill(direction != 0, direction, 0)
 
+  current = tf.where(playing, last_sound - min_note, tf.constant(-1, last_sound.dtype))
   parts = [
-      tf.one_hot(tf.where(playing, last_sound - min_note, -1), note_range, dtype=tf.float32),
+      tf.one_hot(current, note_range, dtype=tf.float32),
       tf.cast(playing, tf.float32)[..., None],
       tf.cast(~playing, tf.float32)[..., None],
       tf.cast(is_attack, tf.float32)[..., None],
@@ -253,15 +257,21 @@ def _key_melody_encode(events: tf.Tensor, min_note: int, max_note: int,
       is_note, tf.float32)[..., None]
   parts.append(_key_flags(tf.cumsum(pitch_class, axis=1)))
   # Key of the last 3 distinct notes: per pitch, its latest position; the 3 latest win.
-  occurs = tf.equal(events[:, tf.newaxis, :],
-                    tf.range(_NUM_PITCHES, dtype=events.dtype)[tf.newaxis, :, tf.newaxis])
-  last_seen = tf.transpose(_last_true_index(occurs), [0, 2, 1])  # [B, T, 128]
-  latest, pitch = tf.math.top_k(last_seen, _RECENT_NOTES)
-  recent = tf.one_hot(pitch % _OCTAVE, _OCTAVE) * tf.cast(latest >= 0, tf.float32)[..., None]
+  # Only the pitches that occur in the batch get a column (tf.unique), 3 spare never win.
+  pitches, pitch_id = tf.unique(tf.reshape(events, [-1]))
+  occurs = tf.equal(tf.reshape(pitch_id, tf.shape(events))[:, tf.newaxis, :],
+                    tf.range(tf.size(pitches))[tf.newaxis, :, tf.newaxis]) & is_note[:, tf.newaxis]
+  last_seen = tf.transpose(_last_true_index(occurs), [0, 2, 1])  # [B, T, pitches]
+  spare = -tf.ones(tf.concat([tf.shape(events), [_RECENT_NOTES]], 0), tf.int32)
+  latest, column = tf.math.top_k(tf.concat([last_seen, spare], -1), _RECENT_NOTES)
+  recent_class = tf.gather(tf.concat([tf.math.floormod(pitches, _OCTAVE),
+                                      tf.zeros([_RECENT_NOTES], pitches.dtype)], 0), column)
+  recent = tf.one_hot(recent_class, _OCTAVE) * tf.cast(latest >= 0, tf.float32)[..., None]
   parts.append(_key_flags(tf.reduce_sum(recent, 2)))
 
-  labels = tf.where(events == NOTE_OFF, note_range + 1,
-                    tf.where(events == NO_EVENT, note_range, events - min_note))
+  labels = tf.where(events == NOTE_OFF, tf.constant(note_range + 1, events.dtype),
+                    tf.where(events == NO_EVENT, tf.constant(note_range, events.dtype),
+                             events - min_note))
   for i, repeat in enumerate(repeats):  # the most distant repeat wins
     labels = tf.where(repeat, tf.cast(note_range + 2 + i, labels.dtype), labels)
   if lookback_distances:

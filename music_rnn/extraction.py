@@ -8,6 +8,22 @@ semantics), so the events equal Magenta's, with two differences that only add
 robustness: nothing raises on bad input (every dropped piece, segment or track is
 counted in `stats` under a reason, Magenta's stat name where it has one), and notes
 are indexed once per segment so very long pieces stay linear rather than quadratic.
+
+Stat names (counts; Magenta's names where Magenta has the stat):
+  reading:    files_read, records_read, records_corrupt, records_not_note_sequence,
+              sequences_empty
+  per piece:  sequences_processed, no_drums / no_pitched_notes (informational),
+              split_failed, time_change_segments
+  per segment (Magenta's Quantizer etc.):
+              sequences_discarded_because_multiple_time_signatures,
+              sequences_discarded_because_multiple_tempos,
+              sequences_discarded_because_bad_time_signature, quantization_failed,
+              skipped_due_to_range_exceeded (melodies), non_integer_steps_per_bar,
+              segments_discarded_bad_note (melodies; Magenta would crash)
+  per track:  drum_tracks_discarded_too_short, drum_tracks_truncated,
+              drum_tracks_extracted; polyphonic_tracks_discarded,
+              melodies_discarded_too_short, melodies_truncated,
+              melodies_discarded_too_few_pitches, melodies_extracted
 """
 
 import bisect
@@ -119,7 +135,7 @@ def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.Mod
                       stats: collections.Counter) -> List[ExtractedSequence]:
   """All drum tracks or melodies (per `config.kind`) Magenta would extract from a piece.
 
-  Never raises on bad musical input; see the module docstring for the stat names.
+  Never raises on bad musical input; the module docstring lists the stat names.
   """
   stats['sequences_processed'] += 1
   source_id = source_id_of(note_sequence)
@@ -221,7 +237,8 @@ def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorCo
     track_start = onsets[first] - (onsets[first] - search_start_step) % steps_per_bar
     events = []
     gap_start = 0
-    for onset in onsets[first:]:
+    for j in range(first, len(onsets)):
+      onset = onsets[j]
       index = onset - track_start
       if events and index - gap_start >= gap_steps:
         break

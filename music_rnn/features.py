@@ -36,3 +36,18 @@ TRANSPOSE_AMOUNT = 'transpose_amount'  # int64 scalar: melody squash transpositi
 # --- Split names. ------------------------------------------------------------------
 TRAIN_SPLIT = 'train'
 EVAL_SPLIT = 'eval'
+
+
+def raw_event_features(kind: str):
+  """The raw event feature names the ExampleGen writes for a config kind."""
+  from music_rnn import configs  # pylint: disable=g-import-not-at-top
+  return (MELODY_EVENTS,) if kind == configs.MELODY else (DRUM_PITCHES, DRUM_PITCH_COUNTS)
+
+
+def statistics_features(kind: str):
+  """Raw features StatisticsGen describes (and so SchemaGen and Transform see).
+
+  SOURCE_ID is an identifier, not data: statistics on it would make SchemaGen infer a
+  closed string domain of training piece names and flag every eval piece as an anomaly.
+  """
+  return [f for f in METADATA_FEATURES if f != SOURCE_ID] + list(raw_event_features(kind))

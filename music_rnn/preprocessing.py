@@ -56,17 +56,17 @@ def preprocessing_fn(inputs: Dict[str, Any],
 
   Outputs: INPUTS float32 VarLen ([length * input_size] per example, row-major steps),
   LABELS int64 VarLen ([length - 1]), LENGTH and TRANSPOSE_AMOUNT int64 scalars, and
-  SOURCE_ID passed through as a bytes scalar.
+  SOURCE_ID passed through as a bytes scalar if the raw schema has it.
   """
   config = configs.get_config(_config_name(custom_config))
   if config.kind == configs.DRUMS:
     pitches = _to_ragged(inputs[features.DRUM_PITCHES])
     counts = _to_ragged(inputs[features.DRUM_PITCH_COUNTS])
-    lengths = counts.row_lengths()
+    lengths = tf.cast(counts.row_lengths(), tf.int64)
     events = encoding.drum_pitches_to_class_indices(pitches, counts)
   else:
     melody = _to_ragged(inputs[features.MELODY_EVENTS])
-    lengths = melody.row_lengths()
+    lengths = tf.cast(melody.row_lengths(), tf.int64)
     events = melody.to_tensor(default_value=tf.cast(encoding.pad_value(config), melody.dtype))
   step_inputs, labels, transpose_amount = encoding.encode_batch(config, events)
 
@@ -75,10 +75,14 @@ def preprocessing_fn(inputs: Dict[str, Any],
   flat_inputs = tf.RaggedTensor.from_row_lengths(
       tf.reshape(steps, [-1]), lengths * config.input_size, validate=False)
   flat_labels = tf.RaggedTensor.from_tensor(labels, lengths=tf.maximum(lengths - 1, 0))
-  return {
+  outputs = {
       features.INPUTS: flat_inputs.to_sparse(),
       features.LABELS: flat_labels.to_sparse(),
       features.LENGTH: lengths,
       features.TRANSPOSE_AMOUNT: transpose_amount,
-      features.SOURCE_ID: _scalar_per_example(inputs[features.SOURCE_ID], b''),
   }
+  # Only when the schema has it: features.statistics_features() may leave it out, and
+  # serving requests need not carry it.
+  if features.SOURCE_ID in inputs:
+    outputs[features.SOURCE_ID] = _scalar_per_example(inputs[features.SOURCE_ID], b'')
+  return outputs

@@ -9,7 +9,7 @@ import os
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Default data per model kind (see data/README.md).
-DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', 'freedoom.tfrecord')
+DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', 'freedoom.tfrecord.gz')
 MELODY_DATA = os.path.join(PROJECT_ROOT, 'data', 'melody', 'essen_subset.tfrecord')
 
 # Where pipelines, ML-Metadata and pushed models go (override with MUSIC_RNN_HOME).

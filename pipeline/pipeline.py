@@ -5,9 +5,12 @@ It knows nothing about which orchestrator runs it.
 
 from typing import Any, Dict, List, Optional
 
+import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from components.note_sequence_example_gen import NoteSequenceExampleGen
+from music_rnn import configs as model_configs
+from music_rnn import features
 
 
 def create_pipeline(
@@ -33,10 +36,16 @@ def create_pipeline(
       input_base=data_root, input_pattern=data_pattern, model_config=model_config,
       eval_ratio=eval_ratio)
 
-  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs['examples'])
+  kind = model_configs.get_config(model_config).kind
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs['examples'],
+      stats_options=tfdv.StatsOptions(
+          feature_allowlist=features.statistics_features(kind)))
 
+  # The schema describes the training data; ExampleValidator then checks eval against it.
   schema_gen = tfx.components.SchemaGen(
-      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True)
+      statistics=statistics_gen.outputs['statistics'], infer_feature_shape=True,
+      exclude_splits=[features.EVAL_SPLIT])
 
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs['statistics'], schema=schema_gen.outputs['schema'])

@@ -2,7 +2,10 @@
 
 Run in a subprocess (tests/test_extraction.py does) with Magenta on the path:
 
-  PYTHONPATH=.oracle-site python tests/magenta_oracle.py {drums|melody} INPUT.tfrecord[.gz]
+  PYTHONPATH=.oracle-site python tests/magenta_oracle.py KINDS INPUT.tfrecord[.gz]
+
+KINDS is a comma-separated list of 'drums', 'melody' and 'melody-ignore-polyphonic'
+(one TensorFlow start-up for all),
 
 where .oracle-site comes from
   pip install --no-deps --no-compile --target .oracle-site magenta==2.1.4
@@ -10,8 +13,9 @@ where .oracle-site comes from
 For every NoteSequence in INPUT it chains TimeChangeSplitter -> Quantizer ->
 [TranspositionPipeline((0,)) for melodies] -> DrumsExtractor / MelodyExtractor exactly
 as drums_rnn_pipeline.py / melody_rnn_pipeline.py wire them (with the extractor
-settings those files use), and prints one JSON line per piece:
-  {"id": ..., "sequences": [{"start_step", "steps_per_bar", "qpm", "events"}], "stats": {...}}
+settings those files use; 'melody-ignore-polyphonic' flips MelodyExtractor's
+ignore_polyphonic_notes), and prints one JSON line per kind and piece:
+  {"kind", "id", "sequences": [{"start_step", "steps_per_bar", "qpm", "events"}], "stats"}
 Drum events are per-step sorted pitch lists. Only Counter stats are reported.
 """
 
@@ -52,19 +56,22 @@ def _read(path):
 
 
 def main(argv):
-  kind, path = argv[1], argv[2]
+  kinds, path = argv[1].split(','), argv[2]
   drum_pipelines, melody_pipelines, note_sequence_pipelines, statistics = (
       _import_magenta_pipelines())
   splitter = note_sequence_pipelines.TimeChangeSplitter(name='S')
   quantizer = note_sequence_pipelines.Quantizer(steps_per_quarter=4, name='Q')
   transposer = note_sequence_pipelines.TranspositionPipeline((0,), name='T')
-  if kind == 'drums':
-    extractor = drum_pipelines.DrumsExtractor(
-        min_bars=7, max_steps=512, gap_bars=1.0, name='E')
-  else:
-    extractor = melody_pipelines.MelodyExtractor(
-        min_bars=7, max_steps=512, min_unique_pitches=5, gap_bars=1.0,
-        ignore_polyphonic_notes=False, name='E')
+  extractors = {
+      'drums': drum_pipelines.DrumsExtractor(
+          min_bars=7, max_steps=512, gap_bars=1.0, name='E'),
+      'melody': melody_pipelines.MelodyExtractor(
+          min_bars=7, max_steps=512, min_unique_pitches=5, gap_bars=1.0,
+          ignore_polyphonic_notes=False, name='E'),
+      'melody-ignore-polyphonic': melody_pipelines.MelodyExtractor(
+          min_bars=7, max_steps=512, min_unique_pitches=5, gap_bars=1.0,
+          ignore_polyphonic_notes=True, name='E'),
+  }
 
   def run(stage, obj, stats):
     stage._stats = []  # pylint: disable=protected-access; stages only set stats on events
@@ -76,19 +83,21 @@ def main(argv):
     return out
 
   for ns in _read(path):
-    stats, sequences = {}, []
-    for segment in run(splitter, ns, stats):
-      for quantized in run(quantizer, segment, stats):
-        inputs = run(transposer, quantized, stats) if kind != 'drums' else [quantized]
-        for q in inputs:
-          for track in run(extractor, q, stats):
-            events = ([sorted(step) for step in track] if kind == 'drums'
-                      else [int(e) for e in track])
-            sequences.append({'start_step': track.start_step,
-                              'steps_per_bar': track.steps_per_bar,
-                              'qpm': q.tempos[0].qpm, 'events': events})
-    stats.pop('transpositions_generated', None)
-    print(json.dumps({'id': ns.id, 'sequences': sequences, 'stats': stats}))
+    for kind in kinds:
+      stats, sequences = {}, []
+      for segment in run(splitter, ns, stats):
+        for quantized in run(quantizer, segment, stats):
+          inputs = run(transposer, quantized, stats) if kind != 'drums' else [quantized]
+          for q in inputs:
+            for track in run(extractors[kind], q, stats):
+              events = ([sorted(step) for step in track] if kind == 'drums'
+                        else [int(e) for e in track])
+              sequences.append({'start_step': track.start_step,
+                                'steps_per_bar': track.steps_per_bar,
+                                'qpm': q.tempos[0].qpm, 'events': events})
+      stats.pop('transpositions_generated', None)
+      print(json.dumps({'kind': kind, 'id': ns.id, 'sequences': sequences,
+                        'stats': stats}))
   return 0
 
 

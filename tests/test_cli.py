@@ -1,0 +1,59 @@
+"""The `music-rnn` command line: bad flags fail fast with a clear message."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from music_rnn import cli
+from music_rnn import configs
+from tests.conftest import bundled, write_slice
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['run', '--config', 'no_such_rnn'], "invalid choice: 'no_such_rnn'"),
+    (['run', '--config', 'drum_kit', '--train-steps', '0'], 'expected a positive integer'),
+    (['run', '--config', 'drum_kit', '--train-steps', 'ten'], "got 'ten'"),
+    (['run', '--config', 'drum_kit', '--hparams', 'rnn_sizes=[1]'], "Unknown hparam 'rnn_sizes'"),
+    (['run', '--config', 'drum_kit', '--hparams', 'learning_rate=-1'], 'learning_rate must be > 0'),
+    (['run', '--config', 'drum_kit', '--hparams', 'batch_size'], 'expected name=value'),
+    (['run', '--config', 'drum_kit', '--workers', '-1'], 'expected an integer >= 0'),
+    (['extract', '--input', 'x.tfrecord'], 'the following arguments are required: --config'),
+    (['frobnicate'], "invalid choice: 'frobnicate'"),
+])
+def test_bad_flags_exit_2_with_message(capsys, argv, message):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(argv)
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_missing_data_directory_is_a_clear_error(capsys, tmp_path):
+  code = cli.main(['run', '--config', 'drum_kit', '--data', str(tmp_path / 'nope' / '*.tfrecord'),
+                   '--output-root', str(tmp_path / 'out')])
+  assert code == 2
+  assert 'does not exist' in capsys.readouterr().err
+
+
+def test_hparams_parse_magenta_syntax():
+  assert configs.parse_hparams('batch_size=64,rnn_layer_sizes=[64,64],clip_norm=3') == {
+      'batch_size': 64, 'rnn_layer_sizes': [64, 64], 'clip_norm': 3}
+  hp = configs.get_config('drum_kit').hparams.replace(rnn_layer_sizes=[64, 64])
+  assert hp.rnn_layer_sizes == (64, 64) and hp.attn_length == 32
+
+
+def test_extract_command_prints_stats_and_writes_jsonl(tmp_path):
+  data = write_slice(bundled('drums'), str(tmp_path / 'd.tfrecord'), 3)
+  out = tmp_path / 'events.jsonl'
+  proc = subprocess.run([sys.executable, '-m', 'music_rnn.cli', 'extract', '--config',
+                         'drum_kit', '--input', data, '--events-out', str(out)],
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'drum_tracks_extracted' in proc.stdout
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  assert lines, 'no drum tracks extracted from 3 Freedoom songs'
+  for line in lines:
+    assert set(line) == {'source_id', 'events'}
+    assert all(isinstance(step, list) and step == sorted(step) for step in line['events'])
+    assert 7 * 16 <= len(line['events']) <= 512

@@ -1,0 +1,152 @@
+"""End to end: a real LocalDagRunner run on a small slice of the bundled data.
+
+Checks ML-Metadata executions and artifacts, the schema, the pushed SavedModel loaded in
+a fresh process that never imports the project, and TFX's cache on a re-run.
+"""
+
+import json
+import os
+import textwrap
+
+import pytest
+import tensorflow as tf
+
+from components.note_sequence_example_gen import executor as example_gen_executor
+from music_rnn import configs as model_configs
+from music_rnn import features
+from pipeline import local_runner
+from pipeline import mlmd_results
+from tests.conftest import bundled, run_fresh_python, write_slice_with_eval
+
+COMPONENTS = ('NoteSequenceExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator',
+              'Transform', 'Trainer', 'Pusher')
+
+SMALL = {
+    'drum_kit': dict(slice=('drums', 10), hparams={'rnn_layer_sizes': [32, 32],
+                                                     'attn_length': 8, 'batch_size': 4}),
+    'attention_rnn': dict(slice=('melody', 60), hparams={'rnn_layer_sizes': [32, 32],
+                                                           'attn_length': 8,
+                                                           'batch_size': 8}),
+}
+
+
+def _run(tmp_path, config_name):
+  kind, n = SMALL[config_name]['slice']
+  data = str(tmp_path / 'data' / f'{kind}.tfrecord')
+  if not os.path.exists(data):
+    write_slice_with_eval(bundled(kind), data, n)
+  return local_runner.run(
+      model_config=config_name, data=data, train_steps=3, eval_steps=2,
+      hparams=SMALL[config_name]['hparams'], seed=7,
+      output_root=str(tmp_path / 'out'), serving_models_dir=str(tmp_path / 'serving'))
+
+
+def _serialized_eval_examples(results, n=3):
+  examples = results['NoteSequenceExampleGen'].outputs['examples'][0]
+  files = tf.io.gfile.glob(os.path.join(examples.uri, 'Split-eval', '*.gz')) + \
+      tf.io.gfile.glob(os.path.join(examples.uri, 'Split-train', '*.gz'))
+  return [r for r in tf.data.TFRecordDataset(files, compression_type='GZIP')
+          .take(n).as_numpy_iterator()]
+
+
+def _check_fresh_process_serving(export_dir, serialized, config):
+  """Loads the export with TensorFlow alone and checks serving_default's probabilities."""
+  code = textwrap.dedent(f'''
+      import json, sys
+      import numpy as np
+      import tensorflow as tf
+      loaded = tf.saved_model.load({export_dir!r})
+      examples = tf.constant({serialized!r})
+      out = loaded.signatures['serving_default'](examples=examples)
+      probs = out['probabilities'].numpy()
+      lengths = out['lengths'].numpy()
+      cfg = json.loads(loaded.signatures['model_config']()['config_json'].numpy().decode())
+      project = [m for m in sys.modules
+                 if m.split('.')[0] in ('music_rnn', 'components', 'pipeline', 'module_file')]
+      print(json.dumps(dict(shape=list(probs.shape), lengths=lengths.tolist(),
+                            all_sums=[float(np.abs(probs[i, :l].sum(-1) - 1).max())
+                                      for i, l in enumerate(lengths)],
+                            finite=bool(np.isfinite(probs).all()),
+                            config=cfg, project_modules=project)))
+  ''')
+  proc = run_fresh_python(code)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out['project_modules'] == []
+  assert out['shape'][0] == len(serialized)
+  assert out['shape'][2] == config.num_classes
+  assert max(out['lengths']) == out['shape'][1]
+  assert out['finite']
+  assert max(out['all_sums']) < 1e-4
+  return out
+
+
+@pytest.mark.parametrize('config_name', ['drum_kit', 'attention_rnn'])
+def test_local_pipeline_end_to_end(tmp_path, config_name):
+  config = model_configs.get_config(config_name)
+  summary = _run(tmp_path, config_name)
+
+  # Every component ran, in ML-Metadata.
+  assert set(summary.component_states) == set(COMPONENTS)
+  assert all(s == 'COMPLETE' for s in summary.component_states.values()), summary
+  results = mlmd_results.latest_results(summary.metadata_path, summary.pipeline_name)
+
+  # Examples: train and eval splits, by source piece, with the extraction counts recorded.
+  examples = results['NoteSequenceExampleGen'].outputs['examples'][0]
+  assert json.loads(examples.properties['split_names'].string_value) == ['train', 'eval']
+  stats = example_gen_executor.read_stats(examples.uri)
+  kept = stats.get('drum_tracks_extracted' if config.kind == 'drums' else 'melodies_extracted')
+  assert kept and kept > 0, stats
+  assert summary.extraction_stats == stats
+  sources = {}
+  for split in ('train', 'eval'):
+    files = tf.io.gfile.glob(os.path.join(examples.uri, f'Split-{split}', '*.gz'))
+    for r in tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator():
+      ex = tf.train.Example.FromString(r)
+      sources.setdefault(ex.features.feature[features.SOURCE_ID].bytes_list.value[0],
+                         set()).add(split)
+  assert len(sources) >= 2
+  assert {'train', 'eval'} == set().union(*sources.values())
+  assert all(len(splits) == 1 for splits in sources.values()), 'a piece straddles splits'
+
+  # Schema: the raw event features of this config kind.
+  schema_artifact = results['SchemaGen'].outputs['schema'][0]
+  from tfx.utils import io_utils as tfx_io_utils
+  from tensorflow_metadata.proto.v0 import schema_pb2
+  schema = tfx_io_utils.SchemaReader().read(os.path.join(schema_artifact.uri, 'schema.pbtxt'))
+  assert isinstance(schema, schema_pb2.Schema)
+  names = {f.name for f in schema.feature}
+  event_features = ({features.DRUM_PITCHES, features.DRUM_PITCH_COUNTS}
+                    if config.kind == 'drums' else {features.MELODY_EVENTS})
+  assert event_features | {features.NUM_STEPS, features.STEPS_PER_BAR} <= names
+  assert features.SOURCE_ID not in names  # an id, not data: no closed domain of piece names
+  assert all(f.lifecycle_stage == 0 for f in schema.feature)  # nothing deprecated
+
+  # ExampleValidator: the eval split conforms to the schema inferred from train.
+  from tensorflow_metadata.proto.v0 import anomalies_pb2
+  anomalies_uri = results['ExampleValidator'].outputs['anomalies'][0].uri
+  for split in ('train', 'eval'):
+    anomalies = anomalies_pb2.Anomalies()
+    with tf.io.gfile.GFile(os.path.join(anomalies_uri, f'Split-{split}', 'SchemaDiff.pb'),
+                           'rb') as f:
+      anomalies.ParseFromString(f.read())
+    assert not anomalies.anomaly_info, (split, dict(anomalies.anomaly_info))
+
+  # Trainer: metrics recorded for the eval split, with the hparams used.
+  for key in ('loss', 'perplexity', 'accuracy', 'event_accuracy', 'no_event_accuracy'):
+    assert key in summary.metrics['train'], summary.metrics
+  assert summary.metrics['hparams']['rnn_layer_sizes'] == [32, 32]
+
+  # Pusher: a SavedModel under serving/<config>/<version>/ loads in a fresh process.
+  assert summary.pushed_model and os.path.isdir(summary.pushed_model)
+  assert os.path.dirname(summary.pushed_model) == str(tmp_path / 'serving' / config_name)
+  out = _check_fresh_process_serving(summary.pushed_model,
+                                     _serialized_eval_examples(results), config)
+  assert out['config']['name'] == config_name
+  assert out['config']['hparams']['rnn_layer_sizes'] == [32, 32]
+
+  if config_name == 'drum_kit':
+    # Nothing changed: a re-run is served from TFX's cache.
+    again = _run(tmp_path, config_name)
+    assert all(s == 'CACHED' for s in again.component_states.values()), again
+    assert again.pushed_model == summary.pushed_model
