@@ -9,24 +9,23 @@ from typing import List, Optional
 from music_rnn import configs
 
 
-def _positive_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'expected a positive integer, got {value}')
-  return value
+def _int_at_least(minimum: int, what: str):
+  """An argparse type: an int >= minimum, with a message naming what was expected."""
+
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}') from None
+    if value < minimum:
+      raise argparse.ArgumentTypeError(f'expected {what}, got {value}')
+    return value
+
+  return parse
 
 
-def _non_negative_int(text: str) -> int:
-  try:
-    value = int(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}') from None
-  if value < 0:
-    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {value}')
-  return value
+_positive_int = _int_at_least(1, 'a positive integer')
+_non_negative_int = _int_at_least(0, 'an integer >= 0')
 
 
 def _hparams(text: str):
@@ -55,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--data', help='NoteSequence TFRecord file, directory or file glob '
                  '(default: the bundled data for the config kind).')
   p.add_argument('--train-steps', type=_positive_int)
-  p.add_argument('--eval-steps', type=_positive_int)
+  p.add_argument('--eval-steps', '--limit-eval-batches', dest='eval_steps', type=_positive_int,
+                 help='Eval batches per evaluation (Lightning: limit_val_batches).')
   p.add_argument('--batch-size', type=_positive_int, help='Per-replica batch size.')
   p.add_argument('--hparams', type=_hparams, default={},
                  help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64],learning_rate=0.01'.")
@@ -66,6 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--output-root', help='Pipeline root and ML-Metadata location.')
   p.add_argument('--serving-dir', help='Pusher destination root (default serving/models).')
   p.add_argument('--no-cache', action='store_true', help="Disable TFX's execution cache.")
+  t = p.add_argument_group('tuning', 'Search rnn_layer_sizes, learning_rate, clip_norm, ... '
+                           'with a TFX Tuner and train the final model with the best.')
+  t.add_argument('--tune', action='store_true', help='Add the Tuner before the Trainer.')
+  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
+  t.add_argument('--tuner', help=f'random, bayesian or hyperband '
+                 f'(default {pipeline_configs.TUNER}).')
+  t.add_argument('--max-trials', type=_positive_int, help='Trials to run (default '
+                 f'{pipeline_configs.MAX_TRIALS}); re-running with more extends the search.')
+  t.add_argument('--trial-steps', type=_positive_int, help='Training steps per trial '
+                 f'(default {pipeline_configs.TRIAL_STEPS}).')
+  t.add_argument('--search-space', help='YAML/JSON file replacing entries of the default '
+                 'search space (see README, "Tuning").')
+  t.add_argument('--hyperparameters', help="Without --tune: train with an earlier run's "
+                 'best_hyperparameters (its artifact dir, or the file in it).')
+  r = p.add_argument_group('training that survives', 'Checkpoints, resume, best model, '
+                           'devices, precision, debugging (README, "Training that survives").')
+  r.add_argument('--fast-dev-run', action='store_true', help='Smoke test: every component, '
+                 f'{pipeline_configs.FAST_DEV_RUN_TRAIN_STEPS} train and <= '
+                 f'{pipeline_configs.FAST_DEV_RUN_EVAL_STEPS} eval batches of <= '
+                 f'{pipeline_configs.FAST_DEV_RUN_BATCH_SIZE}, as pipeline '
+                 f'<name>{pipeline_configs.FAST_DEV_RUN_SUFFIX}; nothing is resumed or '
+                 'pushed to the real serving dir.')
+  r.add_argument('--checkpoint-every', type=_positive_int, help='Steps between checkpoints '
+                 f'(default {pipeline_configs.CHECKPOINT_EVERY}; also at every evaluation).')
+  r.add_argument('--early-stopping-patience', type=_positive_int,
+                 help='Stop after N evaluations without a lower eval loss (default: off).')
+  r.add_argument('--warm-start-from', help='Fine-tune from a previous model: a pushed '
+                 "SavedModel dir or a Trainer's Model artifact (same config and layer sizes).")
+  r.add_argument('--mixed-precision', nargs='?', const='auto',
+                 choices=['auto', 'mixed_float16', 'mixed_bfloat16', 'off'],
+                 help='auto: mixed_float16 on GPU, mixed_bfloat16 on CPU; the softmax stays '
+                 'float32.')
+  r.add_argument('--replicas', type=_positive_int, help='MirroredStrategy replicas: the first '
+                 'N GPUs, or on a CPU-only machine N logical CPU devices.')
+  r.add_argument('--global-batch-size', type=_positive_int, help='Batch over all replicas '
+                 '(must divide by --replicas); instead of the per-replica --batch-size.')
   return parser
 
 
@@ -90,6 +126,20 @@ def _cmd_run(args) -> int:
   hparams = dict(args.hparams)
   if args.batch_size:
     hparams['batch_size'] = args.batch_size
+  search_flags = [f for f, v in (('--tuner', args.tuner), ('--max-trials', args.max_trials),
+                                 ('--trial-steps', args.trial_steps),
+                                 ('--search-space', args.search_space)) if v]
+  if search_flags and not args.tune:
+    raise ValueError(f'{", ".join(search_flags)}: need --tune')
+  if args.search_space and not os.path.isfile(args.search_space):
+    raise FileNotFoundError(f'--search-space: {args.search_space} is not a file')
+  if args.fast_dev_run and args.train_steps:
+    raise ValueError('--fast-dev-run sets the train steps; drop --train-steps')
+  if args.global_batch_size and (args.batch_size or 'batch_size' in hparams):
+    raise ValueError('--global-batch-size and a per-replica batch size: give one of them')
+  if args.replicas:
+    from music_rnn import training  # pylint: disable=g-import-not-at-top
+    training.use_logical_cpus(args.replicas)  # before TensorFlow initializes its devices
   summary = local_runner.run(
       model_config=args.config,
       data=args.data,
@@ -100,7 +150,20 @@ def _cmd_run(args) -> int:
       output_root=args.output_root or pipeline_configs.OUTPUT_ROOT,
       serving_models_dir=args.serving_dir or pipeline_configs.SERVING_MODELS_DIR,
       beam_pipeline_args=pipeline_configs.beam_args_for_workers(args.workers),
-      enable_cache=not args.no_cache)
+      enable_cache=not args.no_cache,
+      tune=args.tune,
+      tuner=args.tuner or pipeline_configs.TUNER,
+      max_trials=args.max_trials or pipeline_configs.MAX_TRIALS,
+      trial_steps=args.trial_steps or pipeline_configs.TRIAL_STEPS,
+      search_space=args.search_space,
+      hyperparameters=args.hyperparameters,
+      fast_dev_run=args.fast_dev_run,
+      warm_start_from=args.warm_start_from,
+      checkpoint_every=args.checkpoint_every or pipeline_configs.CHECKPOINT_EVERY,
+      early_stopping_patience=args.early_stopping_patience,
+      mixed_precision=args.mixed_precision,
+      replicas=args.replicas,
+      global_batch_size=args.global_batch_size)
   print(f'\n== {args.config}: pipeline {summary.pipeline_name} finished')
   for component, state in summary.component_states.items():
     print(f'   {component:<28} {state}')
@@ -108,12 +171,30 @@ def _cmd_run(args) -> int:
   print(f'   extracted sequences: {kept}')
   print(f'   trained model:  {summary.trainer_model}')
   print(f'   pushed model:   {summary.pushed_model}')
+  m = summary.metrics
+  if m.get('train_steps') is not None:
+    exported = m.get('exported') or {}
+    resumed = f', resumed from step {m["resumed_from_step"]}' if m.get('resumed_from_step') else ''
+    stopped = (f', stopped early at step {m["stopped_early_at_step"]}'
+               if m.get('stopped_early_at_step') else '')
+    print(f'   training:       {m["train_steps"]} steps{resumed}{stopped}; exported the '
+          f'{exported.get("weights", "last")} weights (step {exported.get("step")})')
+    print(f'   checkpoints:    {m.get("checkpoint_dir")}')
   eval_metrics = summary.metrics.get('eval', {})
   if eval_metrics:
     print('   eval split:     ' + ', '.join(
         f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items()) if isinstance(v, float)))
   else:
     print('   eval split:     no metrics recorded (see the Trainer log)')
+  if summary.tuning:
+    tuning = summary.tuning
+    values = ', '.join(f'{k}={v}' for k, v in sorted(tuning['values'].items()))
+    print(f'   hparams from:   {tuning["source"]}: {values}')
+    if tuning.get('best_trial'):
+      print(f'   tuner:          {tuning["best_trial"]}')
+      print(f'   trial report:   {tuning["report_csv"]}')
+      print(f'                   {tuning["report_png"]}')
+    print(f'   reuse with:     --hyperparameters {tuning["uri"]}')
   return 0
 
 

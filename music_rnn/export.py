@@ -8,10 +8,14 @@ Signatures:
     encodes the events); probabilities[b, t] is the distribution of event t + 1
     given events 0..t, for t < lengths[b] (later steps are padding).
   model_config() -> {'config_json': tf.string scalar}: ModelConfig.to_json(hparams).
+  generate(primer, num_steps, temperature, seed) -> {'events', 'log_likelihood'},
+  prime(primer) and extend(events, state, ...): sampling in the graph, see
+    music_rnn/generation.py and serving/README.md.
 The JSON is also written to <export>/assets.extra/model_config.json. Loading needs
 only TensorFlow: tf.saved_model.load(path).signatures['serving_default'](examples=...).
 """
 
+import json
 import os
 from typing import Any, Dict
 
@@ -21,11 +25,17 @@ import tensorflow_transform as tft
 
 from music_rnn import configs
 from music_rnn import features
+from music_rnn import generation
 from music_rnn import model as model_lib
 
 SERVING_SIGNATURE = 'serving_default'
 CONFIG_SIGNATURE = 'model_config'
+GENERATE_SIGNATURE = 'generate'
+PRIME_SIGNATURE = 'prime'
+EXTEND_SIGNATURE = 'extend'
 CONFIG_ASSET = os.path.join('assets.extra', 'model_config.json')
+# [{'path', 'shape'}] of ServingModule.model_variables, in order: warm start matches by path.
+VARIABLES_ASSET = os.path.join('assets.extra', 'variables.json')
 
 
 def serving_feature_spec(raw_feature_spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -68,6 +78,7 @@ class ServingModule(tf.Module):
     # Only variables are tracked (not the Keras object graph, not optimizer slots).
     self.model_variables = list(model.trainable_variables) + list(model.non_trainable_variables)
     self.tft_layer = tf_transform_output.transform_features_layer()
+    self.generator = generation.Generator(model, config)
     self.config_json = config.to_json(hparams)
     spec = serving_feature_spec(tf_transform_output.raw_feature_spec())
     input_size = config.input_size
@@ -106,8 +117,14 @@ def export_serving_model(model: model_lib.EventSequenceRnn, config: configs.Mode
   tf.saved_model.save(module, export_dir, signatures={
       SERVING_SIGNATURE: module.serve.get_concrete_function(),
       CONFIG_SIGNATURE: module.model_config.get_concrete_function(),
+      GENERATE_SIGNATURE: module.generator.generate.get_concrete_function(),
+      PRIME_SIGNATURE: module.generator.prime.get_concrete_function(),
+      EXTEND_SIGNATURE: module.generator.extend.get_concrete_function(),
   })
   tf.io.gfile.makedirs(os.path.join(export_dir, 'assets.extra'))
   with tf.io.gfile.GFile(os.path.join(export_dir, CONFIG_ASSET), 'w') as f:
     f.write(module.config_json)
+  with tf.io.gfile.GFile(os.path.join(export_dir, VARIABLES_ASSET), 'w') as f:
+    f.write(json.dumps([{'path': v.path, 'shape': list(v.shape)}
+                        for v in module.model_variables]))
   return export_dir

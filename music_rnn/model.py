@@ -15,11 +15,16 @@ Differences from Magenta, all deliberate:
   keeps the cuDNN kernel usable for the non-attention layers on GPUs.
 - Under tf.distribute the loss is normalised by the GLOBAL number of real steps,
   and gradients are summed across replicas BEFORE the per-tensor clipping, so a
-  run on N devices computes the single-device update. (Keras 3.6 would clip each
-  replica's partial gradient and scale the loss by N; see `train_step`.)
+  run on N devices computes the single-device update. (Keras 3.6's own train step
+  sums the replicas' mean-loss gradients, N times too large, and its `clipnorm`
+  clips each replica's part before that sum; see `train_step`.)
+- Mixed precision (`build_model(..., dtype_policy='mixed_bfloat16')`): the RNNs run in
+  the low precision, the logits layer, softmax and loss in float32, variables stay
+  float32. float16 gets dynamic loss scaling; clipping at clip_norm * scale on the
+  scaled gradients equals clipping the true ones (clip_by_norm is scale-equivariant).
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import keras
 from keras import ops
@@ -69,14 +74,18 @@ class AttentionLSTMCell(keras.layers.Layer):
     self.attn_length = int(attn_length)
     self.state_size = [self.units, self.units, self.units, self.attn_length * self.units]
     self.output_size = self.units
-    self.lstm = keras.layers.LSTMCell(self.units, name='lstm')
+    # Sublayers follow this cell's dtype policy (mixed precision), not the global one.
+    dtype = self.dtype_policy
+    self.lstm = keras.layers.LSTMCell(self.units, name='lstm', dtype=dtype)
     self.input_projection = None  # sized from the input in build()
-    self.query_projection = keras.layers.Dense(self.units, name='attn_query')
-    self.output_projection = keras.layers.Dense(self.units, name='attn_output_projection')
+    self.query_projection = keras.layers.Dense(self.units, name='attn_query', dtype=dtype)
+    self.output_projection = keras.layers.Dense(self.units, name='attn_output_projection',
+                                                dtype=dtype)
 
   def build(self, input_shape):
     input_size = int(input_shape[-1])
-    self.input_projection = keras.layers.Dense(input_size, name='input_projection')
+    self.input_projection = keras.layers.Dense(input_size, name='input_projection',
+                                               dtype=self.dtype_policy)
     self.input_projection.build((None, input_size + self.units))
     self.lstm.build((None, input_size))
     self.query_projection.build((None, 2 * self.units))
@@ -275,16 +284,19 @@ class EventSequenceRnn(keras.Model):
     self.no_event_label = int(no_event_label)
     self.rnn_layers = []
     self.dropouts = []
+    dtype = self.dtype_policy  # `dtype=` kwarg: e.g. 'mixed_bfloat16'; default float32
     for i, size in enumerate(self.rnn_layer_sizes):
       if i == 0 and self.attn_length:
-        layer = keras.layers.RNN(AttentionLSTMCell(size, self.attn_length),
-                                 return_sequences=True, name=f'rnn_{i}')
+        # Named, so variable paths do not depend on how many models the process built.
+        cell = AttentionLSTMCell(size, self.attn_length, dtype=dtype, name='attention_lstm_cell')
+        layer = keras.layers.RNN(cell, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
       else:
-        layer = keras.layers.LSTM(size, return_sequences=True, name=f'rnn_{i}')
+        layer = keras.layers.LSTM(size, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
       self.rnn_layers.append(layer)
       self.dropouts.append(keras.layers.Dropout(1.0 - self.dropout_keep_prob,
-                                                name=f'dropout_{i}'))
-    self.logits_layer = keras.layers.Dense(self.num_classes, name='logits')
+                                                name=f'dropout_{i}', dtype=dtype))
+    # float32 logits under any policy: a low-precision softmax/loss loses the tail.
+    self.logits_layer = keras.layers.Dense(self.num_classes, name='logits', dtype='float32')
     self.sequence_metrics = make_metrics(self.no_event_label)
 
   @property
@@ -293,7 +305,7 @@ class EventSequenceRnn(keras.Model):
     return list(self.sequence_metrics)
 
   def call(self, inputs, training=False):
-    x = ops.convert_to_tensor(inputs[INPUTS], 'float32')
+    x = ops.cast(inputs[INPUTS], self.compute_dtype)
     mask = ops.cast(sequence_mask(inputs[LENGTHS], ops.shape(x)[1]), 'bool')
     for rnn, dropout in zip(self.rnn_layers, self.dropouts):
       x = rnn(x, mask=mask, training=training)
@@ -309,7 +321,8 @@ class EventSequenceRnn(keras.Model):
       if isinstance(layer.cell, AttentionLSTMCell):
         states.append(layer.cell.get_initial_state(batch_size))
       else:
-        states.append([ops.zeros((batch_size, layer.cell.units))] * 2)
+        states.append([ops.zeros((batch_size, layer.cell.units),
+                                 dtype=layer.cell.compute_dtype)] * 2)
     return states
 
   def step(self, inputs, states):
@@ -317,7 +330,7 @@ class EventSequenceRnn(keras.Model):
 
     Inference only (no dropout); running it over a sequence equals `call`.
     """
-    x = ops.convert_to_tensor(inputs, 'float32')
+    x = ops.cast(inputs, self.compute_dtype)
     new_states = []
     for layer, state in zip(self.rnn_layers, states):
       x, state = layer.cell(x, list(state), training=False)
@@ -347,17 +360,24 @@ class EventSequenceRnn(keras.Model):
       xent = ops.sparse_categorical_crossentropy(labels, logits, from_logits=True)
       # This replica's share of sum(xent) / (real steps in the global batch).
       loss = ops.sum(xent * mask) / ops.maximum(global_steps, 1.0)
+      # float16: scaled up so small gradients survive; the optimizer unscales.
+      scaled_loss = self.optimizer.scale_loss(loss)
     variables = self.trainable_variables
-    grads = tape.gradient(loss, variables)
+    grads = tape.gradient(scaled_loss, variables)
     # Clip the full-batch gradient, not each replica's part of it.
     grads = _replica_sum(grads)
-    grads = clip_gradients(grads, self.clip_norm)
+    grads = clip_gradients(grads, self.clip_norm * self._loss_scale())
     num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if num_replicas > 1:
       # The Keras optimizer sums gradients over replicas again.
       grads = [None if g is None else g / num_replicas for g in grads]
     self.optimizer.apply(grads, variables)
     return self._update_metrics(labels, logits, mask)
+
+  def _loss_scale(self):
+    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+      return ops.cast(self.optimizer.dynamic_scale, 'float32')
+    return 1.0
 
   def test_step(self, data):
     x, labels, mask = self._split(data)
@@ -373,12 +393,15 @@ class EventSequenceRnn(keras.Model):
     }
 
 
-def build_model(config: configs.ModelConfig, hparams: configs.HParams) -> EventSequenceRnn:
+def build_model(config: configs.ModelConfig, hparams: configs.HParams,
+                dtype_policy: Optional[str] = None) -> EventSequenceRnn:
   """Builds and compiles the model; call inside a strategy scope to distribute it.
 
   Variables, optimizer slots and metric state are all created here, in the
   caller's tf.distribute scope. Gradient clipping is done by the model's
-  train_step (see the module docstring), so the optimizer is a plain Adam.
+  train_step (see the module docstring), so the optimizer is a plain Adam
+  (wrapped in a LossScaleOptimizer by compile() under 'mixed_float16').
+  `dtype_policy`: None (float32), 'mixed_float16' or 'mixed_bfloat16'.
   """
   hparams.validate()
   model = EventSequenceRnn(
@@ -389,7 +412,8 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams) -> EventS
       attn_length=hparams.attn_length,
       clip_norm=hparams.clip_norm,
       no_event_label=config.no_event_label,
-      name=f'{config.name}_rnn')
+      name=f'{config.name}_rnn',
+      dtype=dtype_policy)
   model({INPUTS: ops.zeros((1, 1, config.input_size)), LENGTHS: ops.ones((1,), 'int32')})
   # XLA off: cuDNN LSTM kernels and cross-replica all-reduces are not XLA ops.
   model.compile(optimizer=keras.optimizers.Adam(learning_rate=hparams.learning_rate),

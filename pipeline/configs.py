@@ -21,10 +21,31 @@ PIPELINE_NAME_PREFIX = 'music-rnn'
 # User code, reached by module path (module_file.py is the door TFX knocks on).
 PREPROCESSING_FN = 'module_file.preprocessing_fn'
 RUN_FN = 'module_file.run_fn'
+TUNER_FN = 'module_file.tuner_fn'
 
 # Training length; hparams (batch size, layer sizes, ...) default to Magenta's config.
 TRAIN_STEPS = 200
 EVAL_STEPS = 20
+
+# Tuning (`--tune`): trials and steps per trial; the search state goes to
+# <OUTPUT_ROOT>/tuner/<pipeline name>/<fingerprint>/ and survives interrupted runs.
+TUNER = 'random'
+MAX_TRIALS = 10
+TRIAL_STEPS = 100
+
+# Training that survives (README): checkpoints every CHECKPOINT_EVERY steps and at each
+# evaluation, under <OUTPUT_ROOT>/checkpoints/<pipeline name>/<run key>/, so a killed run
+# resumes when re-run; the KEEP_BEST lowest-eval-loss weights are kept, the best exported.
+CHECKPOINT_EVERY = 100
+KEEP_BEST = 3
+EARLY_STOPPING_PATIENCE = None  # evaluations without a lower eval loss; None: off
+
+# `--fast-dev-run`: a handful of batches through every component, under its own pipeline
+# name (never the real run's cache, checkpoints or pushed models).
+FAST_DEV_RUN_TRAIN_STEPS = 3
+FAST_DEV_RUN_EVAL_STEPS = 2
+FAST_DEV_RUN_BATCH_SIZE = 8
+FAST_DEV_RUN_SUFFIX = '-fast-dev-run'
 
 # Beam: DirectRunner in-process by default; `--workers N` switches to multi-processing.
 BEAM_PIPELINE_ARGS = ['--direct_running_mode=in_memory', '--direct_num_workers=1']

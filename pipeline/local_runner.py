@@ -6,9 +6,13 @@ import os
 from typing import Any, Dict, List, Optional
 
 from absl import logging
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
+from music_rnn import checkpointing
 from music_rnn import configs as model_configs
+from music_rnn import training
+from music_rnn import tuning
 from pipeline import configs
 from pipeline import mlmd_results
 from pipeline import pipeline as pipeline_lib
@@ -24,6 +28,7 @@ class RunSummary:
   metrics: Dict[str, Any]
   extraction_stats: Dict[str, int]
   component_states: Dict[str, str]
+  tuning: Optional[Dict[str, Any]] = None  # the Tuner's or Importer's hyperparameters
 
 
 def run(model_config: str,
@@ -35,13 +40,66 @@ def run(model_config: str,
         output_root: str = configs.OUTPUT_ROOT,
         serving_models_dir: str = configs.SERVING_MODELS_DIR,
         beam_pipeline_args: Optional[List[str]] = None,
-        enable_cache: bool = True) -> RunSummary:
-  """Runs the whole pipeline for `model_config` on `data` (a file, dir or glob)."""
+        enable_cache: bool = True,
+        tune: bool = False,
+        tuner: str = configs.TUNER,
+        max_trials: int = configs.MAX_TRIALS,
+        trial_steps: Optional[int] = None,
+        search_space: Optional[str] = None,
+        hyperparameters: Optional[str] = None,
+        fast_dev_run: bool = False,
+        warm_start_from: Optional[str] = None,
+        checkpoint_every: Optional[int] = configs.CHECKPOINT_EVERY,
+        early_stopping_patience: Optional[int] = configs.EARLY_STOPPING_PATIENCE,
+        mixed_precision: Optional[str] = None,
+        replicas: Optional[int] = None,
+        global_batch_size: Optional[int] = None) -> RunSummary:
+  """Runs the whole pipeline for `model_config` on `data` (a file, dir or glob).
+
+  `tune` adds the Tuner (search state under <output_root>/tuner/); `hyperparameters`
+  is an earlier run's best_hyperparameters dir (or the file in it) to train with.
+  Trainer checkpoints go to <output_root>/checkpoints/<pipeline>/<run key>/: re-running
+  a killed run with the same inputs resumes there. `fast_dev_run` trains
+  FAST_DEV_RUN_TRAIN_STEPS small batches as pipeline <name>-fast-dev-run, pushing to
+  <output_root>/fast-dev-run/serving unless `serving_models_dir` is given.
+  """
   config = model_configs.get_config(model_config)
   if hparams:
     config.hparams.replace(**hparams)  # validates names and values before anything runs
+  if hyperparameters:
+    if tune:
+      raise ValueError('--hyperparameters trains with an earlier search; drop --tune')
+    hyperparameters, hp_config = tuning.read_best_hyperparameters(hyperparameters)
+    training.resolve_hparams(config, hparams, hp_config)  # must fit this config
   data_root, data_pattern = split_data_path(data or configs.default_data(config.kind))
   name = configs.pipeline_name(config.name)
+  if replicas:
+    training.use_logical_cpus(replicas)  # CPU-only: N logical devices, if not too late
+    training.split_batch(config.hparams, replicas, global_batch_size)  # divides, or fail now
+  if warm_start_from:
+    training.find_export(warm_start_from)  # fail before anything runs
+  trainer_options = {
+      'checkpoint_every': checkpoint_every,
+      'early_stopping_patience': early_stopping_patience,
+      'keep_best': configs.KEEP_BEST,
+      'mixed_precision': mixed_precision,
+      'replicas': replicas,
+      'global_batch_size': global_batch_size,
+      'data_fingerprint': checkpointing.data_fingerprint(
+          data_root, data_pattern, eval_ratio=config.extractor.eval_ratio),
+  }
+  if fast_dev_run:
+    name += configs.FAST_DEV_RUN_SUFFIX
+    train_steps = configs.FAST_DEV_RUN_TRAIN_STEPS
+    eval_steps = min(eval_steps or configs.FAST_DEV_RUN_EVAL_STEPS,
+                     configs.FAST_DEV_RUN_EVAL_STEPS)
+    if 'batch_size' not in (hparams or {}) and not global_batch_size:
+      hparams = {**(hparams or {}), 'batch_size': min(config.hparams.batch_size,
+                                                      configs.FAST_DEV_RUN_BATCH_SIZE)}
+    trainer_options.update(fast_dev_run=True, num_evals=1, early_stopping_patience=None)
+    if serving_models_dir == configs.SERVING_MODELS_DIR:
+      serving_models_dir = os.path.join(output_root, 'fast-dev-run', 'serving')
+  trainer_options = {k: v for k, v in trainer_options.items() if v is not None}
   pipeline_root = os.path.join(output_root, 'pipelines', name)
   metadata_path = os.path.join(output_root, 'metadata', name, 'metadata.db')
   os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
@@ -61,7 +119,18 @@ def run(model_config: str,
       metadata_connection_config=tfx.orchestration.metadata
       .sqlite_metadata_connection_config(metadata_path),
       beam_pipeline_args=beam_pipeline_args or list(configs.BEAM_PIPELINE_ARGS),
-      enable_cache=enable_cache)
+      enable_cache=enable_cache,
+      tune=tune,
+      tuner_fn=configs.TUNER_FN,
+      tuner=tuner,
+      max_trials=max_trials,
+      trial_steps=trial_steps or configs.TRIAL_STEPS,
+      search_space=search_space,
+      tuner_state_root=os.path.join(output_root, 'tuner', name),
+      hyperparameters_uri=hyperparameters,
+      checkpoint_dir=os.path.join(output_root, 'checkpoints', name),
+      warm_start_from=warm_start_from,
+      trainer_options=trainer_options)
   logging.info('Running pipeline %s (root %s)', name, pipeline_root)
   tfx.orchestration.LocalDagRunner().run(p)
   return summarize(name, metadata_path)
@@ -111,4 +180,43 @@ def summarize(pipeline_name: str, metadata_path: str) -> RunSummary:
       trainer_model=model.uri if model is not None else None,
       metrics=metrics,
       extraction_stats=stats,
-      component_states={k: v.state for k, v in sorted(results.items())})
+      component_states={k: v.state for k, v in sorted(results.items())},
+      tuning=_tuning_summary(metadata_path, pipeline_name, first))
+
+
+def _trainer_hyperparameters(metadata_path: str, pipeline_name: str):
+  """The best_hyperparameters artifact the newest Trainer execution read, if any."""
+  store = mlmd_results.open_store(metadata_path)
+  context = store.get_context_by_type_and_name('node', f'{pipeline_name}.Trainer')
+  if context is None:
+    return None
+  done = (metadata_store_pb2.Execution.COMPLETE, metadata_store_pb2.Execution.CACHED)
+  executions = [e for e in store.get_executions_by_context(context.id)
+                if e.last_known_state in done]
+  if not executions:
+    return None
+  latest = max(executions, key=lambda e: e.id)
+  ids = [ev.artifact_id for ev in store.get_events_by_execution_ids([latest.id])
+         if ev.type == metadata_store_pb2.Event.INPUT and ev.path.steps
+         and ev.path.steps[0].key == 'hyperparameters']
+  return store.get_artifacts_by_id(ids)[0] if ids else None
+
+
+def _tuning_summary(metadata_path: str, pipeline_name: str, first) -> Optional[Dict[str, Any]]:
+  """Which hyperparameters the Trainer got, from where, and the Tuner's report."""
+  used = _trainer_hyperparameters(metadata_path, pipeline_name)
+  if used is None:
+    return None
+  directory, config = tuning.read_best_hyperparameters(used.uri)
+  out = {'source': 'Importer', 'uri': directory, 'values': training.tuner_values(config)}
+  tuned = first('Tuner', 'best_hyperparameters')
+  results = first('Tuner', 'tuner_results')
+  if tuned is not None and tuned.id == used.id and results is not None:
+    props = results.custom_properties
+    out.update(
+        source='Tuner',
+        best_trial=(props[tuning.BEST_TRIAL_PROPERTY].string_value
+                    if tuning.BEST_TRIAL_PROPERTY in props else ''),
+        report_csv=os.path.join(results.uri, tuning.REPORT_CSV),
+        report_png=os.path.join(results.uri, tuning.REPORT_PNG))
+  return out

@@ -1,16 +1,23 @@
 """The one `create_pipeline(...)`: NoteSequences -> events -> Transform -> Trainer -> Pusher.
 
-It knows nothing about which orchestrator runs it.
+With `tune`, a Tuner between Transform and Trainer searches hparams and the Trainer
+trains with the best; with `hyperparameters_uri`, an Importer hands the Trainer an
+earlier search's best_hyperparameters instead. It knows nothing about which
+orchestrator runs it.
 """
 
+import os
 from typing import Any, Dict, List, Optional
 
 import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from components.note_sequence_example_gen import NoteSequenceExampleGen
+from music_rnn import checkpointing
 from music_rnn import configs as model_configs
 from music_rnn import features
+from music_rnn import training
+from music_rnn import tuning
 
 
 def create_pipeline(
@@ -30,8 +37,39 @@ def create_pipeline(
     metadata_connection_config: Optional[Any] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
+    tune: bool = False,
+    tuner_fn: Optional[str] = None,
+    tuner: str = tuning.DEFAULT_TUNER,
+    max_trials: int = tuning.DEFAULT_MAX_TRIALS,
+    trial_steps: Optional[int] = None,
+    search_space: Optional[str] = None,
+    tuner_state_root: Optional[str] = None,
+    hyperparameters_uri: Optional[str] = None,
+    checkpoint_dir: Optional[str] = None,
+    warm_start_from: Optional[str] = None,
+    trainer_options: Optional[Dict[str, Any]] = None,
 ) -> tfx.dsl.Pipeline:
-  """Wires the components for one model config (e.g. 'drum_kit', 'attention_rnn')."""
+  """Wires the components for one model config (e.g. 'drum_kit', 'attention_rnn').
+
+  Tuning: `tuner` is 'random', 'bayesian' or 'hyperband'; `trial_steps` (default
+  `train_steps`) bounds each trial; `search_space` is a YAML/JSON file over the
+  config's default space. The search state lives under `tuner_state_root` (default
+  <pipeline_root>/tuner_state), in a directory named by a fingerprint of the data and
+  the search settings, so an interrupted or extended search resumes there.
+
+  Training: checkpoints go under `checkpoint_dir` (default <pipeline_root>/checkpoints),
+  a location that outlives any one Trainer execution, so a re-run after a kill resumes.
+  `warm_start_from` (a Trainer Model artifact or a pushed SavedModel) is imported as the
+  Trainer's base_model. `trainer_options` go to run_fn's custom_config (see
+  training.TRAINER_OPTIONS: checkpoint_every, early_stopping_patience, mixed_precision,
+  replicas, global_batch_size, ...).
+  """
+  if tune and hyperparameters_uri:
+    raise ValueError('Pass either tune or hyperparameters_uri, not both')
+  unknown = sorted(set(trainer_options or {}) - set(training.TRAINER_OPTIONS))
+  if unknown:
+    raise ValueError(f'Unknown trainer option(s) {unknown}; '
+                     f'known: {list(training.TRAINER_OPTIONS)}')
   example_gen = NoteSequenceExampleGen(
       input_base=data_root, input_pattern=data_pattern, model_config=model_config,
       eval_ratio=eval_ratio)
@@ -58,6 +96,51 @@ def create_pipeline(
       # Post-transform statistics over flattened one-hot inputs are costly and unused.
       disable_statistics=True)
 
+  hyperparameters = None
+  tuner_component = importer = None
+  if tune:
+    if not tuner_fn:
+      raise ValueError('tune needs tuner_fn, e.g. module_file.tuner_fn')
+    if tuner not in tuning.TUNERS:
+      raise ValueError(f'Unknown tuner {tuner!r}; choose one of {list(tuning.TUNERS)}')
+    config = model_configs.get_config(model_config)
+    base = config.hparams.replace(**(hparams or {}))
+    space = tuning.resolve_search_space(config, base, search_space)
+    trial_steps = trial_steps or train_steps
+    # Trials run on the Trainer's devices, batch and precision.
+    search = {'tuner': tuner, 'search_space': space, 'config_name': model_config,
+              'hparams': dict(hparams or {}), 'seed': seed,
+              **{k: v for k, v in (trainer_options or {}).items()
+                 if k in tuning.TRIAL_OPTIONS}}
+    tuner_dir = tuning.state_dir(
+        tuner_state_root or os.path.join(pipeline_root, 'tuner_state'),
+        {**search, 'trial_steps': trial_steps, 'eval_steps': eval_steps,
+         'data': checkpointing.data_fingerprint(data_root, data_pattern,
+                                                eval_ratio=eval_ratio)})
+    tuner_component = tuning.Tuner(
+        tuner_fn=tuner_fn,
+        examples=transform.outputs['transformed_examples'],
+        transform_graph=transform.outputs['transform_graph'],
+        schema=schema_gen.outputs['schema'],
+        train_args=tfx.proto.TrainArgs(num_steps=trial_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+        custom_config={**search, 'max_trials': max_trials, 'tuner_dir': tuner_dir})
+    hyperparameters = tuner_component.outputs['best_hyperparameters']
+  elif hyperparameters_uri:
+    # A search is paid for once: a later run trains with its result.
+    importer = tfx.dsl.Importer(
+        source_uri=hyperparameters_uri,
+        artifact_type=tfx.types.standard_artifacts.HyperParameters).with_id(
+            'hyperparameters_importer')
+    hyperparameters = importer.outputs['result']
+
+  base_model_importer = None
+  if warm_start_from:
+    # Fine-tuning: the previous model's weights are the starting point.
+    base_model_importer = tfx.dsl.Importer(
+        source_uri=warm_start_from,
+        artifact_type=tfx.types.standard_artifacts.Model).with_id('base_model_importer')
+
   trainer = tfx.components.Trainer(
       run_fn=run_fn,
       examples=transform.outputs['transformed_examples'],
@@ -65,8 +148,12 @@ def create_pipeline(
       schema=schema_gen.outputs['schema'],
       train_args=tfx.proto.TrainArgs(num_steps=train_steps),
       eval_args=tfx.proto.EvalArgs(num_steps=eval_steps),
+      hyperparameters=hyperparameters,
+      base_model=base_model_importer.outputs['result'] if base_model_importer else None,
       custom_config={'config_name': model_config, 'hparams': dict(hparams or {}),
-                     'seed': seed})
+                     'seed': seed,
+                     'checkpoint_dir': checkpoint_dir or os.path.join(pipeline_root, 'checkpoints'),
+                     **(trainer_options or {})})
 
   pusher = tfx.components.Pusher(
       model=trainer.outputs['model'],
@@ -74,8 +161,9 @@ def create_pipeline(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_model_dir)))
 
-  components = [example_gen, statistics_gen, schema_gen, example_validator, transform,
-                trainer, pusher]
+  components = [example_gen, statistics_gen, schema_gen, example_validator, transform]
+  components += [c for c in (tuner_component, importer, base_model_importer) if c is not None]
+  components += [trainer, pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,

@@ -57,3 +57,14 @@ def test_extract_command_prints_stats_and_writes_jsonl(tmp_path):
     assert set(line) == {'source_id', 'events'}
     assert all(isinstance(step, list) and step == sorted(step) for step in line['events'])
     assert 7 * 16 <= len(line['events']) <= 512
+
+
+def test_console_script_runs_outside_the_tree(tmp_path):
+  """The installed `music-rnn` entry point works from any directory (no pkg_resources pins)."""
+  import os
+  script = os.path.join(os.path.dirname(sys.executable), 'music-rnn')
+  proc = subprocess.run([script, 'run', '--config', 'drum_kit', '--data',
+                         str(tmp_path / 'missing' / 'x.tfrecord')],
+                        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'does not exist' in proc.stderr

@@ -1,5 +1,6 @@
 """Tests for music_rnn.model: shapes, masking, metrics, attention, clipping, replicas."""
 
+import json
 import os
 import subprocess
 import sys
@@ -176,6 +177,19 @@ def test_clip_gradients_is_per_tensor():
   assert clipped[2] is None
 
 
+def test_keras_clipnorm_is_also_per_variable():
+  """Keras's `clipnorm` matches tf_slim's per-tensor clipping on one device.
+
+  The model still clips in train_step, because Keras 3.6 clips before summing the
+  replicas' gradients.
+  """
+  a, b = tf.Variable([0.0, 0.0]), tf.Variable([0.0, 0.0])
+  keras.optimizers.SGD(learning_rate=1.0, clipnorm=1.0).apply(
+      [tf.constant([3.0, 4.0]), tf.constant([0.3, 0.4])], [a, b])
+  np.testing.assert_allclose(a.numpy(), [-0.6, -0.8], rtol=1e-6)
+  np.testing.assert_allclose(b.numpy(), [-0.3, -0.4], rtol=1e-6)
+
+
 def test_train_step_applies_clipped_gradients():
   config, hparams = _small('basic_rnn', dropout_keep_prob=1.0, clip_norm=0.01)
   model = model_lib.build_model(config, hparams)
@@ -242,7 +256,6 @@ def test_mirrored_strategy_two_replicas_matches_one_device():
   proc = subprocess.run([sys.executable, '-c', _MIRRORED], env=env, cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-4000:]
-  import json
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   # Same weights after two clipped Adam steps, same streaming metrics.
   assert out['diff'] < 1e-5, out

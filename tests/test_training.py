@@ -247,33 +247,49 @@ def test_run_fn_trains_evaluates_and_exports(transformed, tmp_path):
   assert out['project_modules'] == [], out['project_modules']
 
 
+def test_run_fn_reports_an_empty_eval_split(transformed, tmp_path):
+  root, _ = transformed
+  fn_args = _fn_args(root, tmp_path, eval_split='eval_empty', train_steps=1)
+  training.run_fn(fn_args)
+  with open(os.path.join(fn_args.model_run_dir, training.METRICS_FILE)) as f:
+    report = json.load(f)
+  assert report['eval'] is None and report['eval_status'].startswith('empty')
+  assert report['train']['loss'] > 0 and report['train_steps'] == 1
+  assert os.path.exists(os.path.join(fn_args.serving_model_dir, 'saved_model.pb'))
+
+
 _TWO_REPLICAS = """
 import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tfx import v1 as tfx
-from music_rnn import training
-kwargs = json.loads(sys.argv[1])
-training.run_fn(tfx.components.FnArgs(**kwargs))
+import keras
+import tensorflow_transform as tft
+from music_rnn import configs, model as model_lib, training
+root = sys.argv[1]
+config = configs.get_config('drum_kit')
+hparams = config.hparams.replace(rnn_layer_sizes=[8], attn_length=2, batch_size=2)
+tft_out = tft.TFTransformOutput(root + '/transform_output')
+# 3 eval sequences, global batch 4: unpadded, the replicas would get 2 and 1.
+ds = training.make_dataset([root + '/eval/*.gz'], tft_out, config, 4, training=False)
+results = []
+for strategy in (tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1']),
+                 tf.distribute.get_strategy()):
+  keras.utils.set_random_seed(0)
+  with strategy.scope():
+    model = model_lib.build_model(config, hparams)
+  results.append(model.evaluate(ds, return_dict=True, verbose=0))
+print(json.dumps(results))
 """
 
 
-def test_run_fn_on_two_replicas_with_an_empty_eval_split(transformed, tmp_path):
+def test_short_eval_batch_on_two_replicas(transformed):
   root, _ = transformed
-  fn_args = _fn_args(root, tmp_path, eval_split='eval_empty', train_steps=2)
-  fn_args.custom_config['devices'] = ['/cpu:0', '/cpu:1']
-  kwargs = {k: getattr(fn_args, k) for k in (
-      'train_files', 'eval_files', 'train_steps', 'eval_steps', 'transform_output',
-      'serving_model_dir', 'model_run_dir', 'custom_config')}
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=repo, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run([sys.executable, '-c', _TWO_REPLICAS, json.dumps(kwargs)],
+  proc = subprocess.run([sys.executable, '-c', _TWO_REPLICAS, str(root)],
                         env=env, cwd=repo, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(os.path.join(fn_args.model_run_dir, training.METRICS_FILE)) as f:
-    report = json.load(f)
-  assert report['num_replicas'] == 2 and report['global_batch_size'] == 8
-  assert report['eval'] is None and report['eval_status'].startswith('empty')
-  assert report['train']['loss'] > 0 and report['train_steps'] == 2
-  assert os.path.exists(os.path.join(fn_args.serving_model_dir, 'saved_model.pb'))
+  two, one = json.loads(proc.stdout.strip().splitlines()[-1])
+  for name in training.model_lib.METRIC_NAMES:
+    np.testing.assert_allclose(two[name], one[name], rtol=1e-5)

@@ -1,0 +1,620 @@
+"""Sampling in the graph: Magenta's generation loop as SavedModel functions.
+
+Why in the graph: a served model must generate with TensorFlow alone, and must not
+re-run the whole sequence for every new event. Magenta's loop
+(events_rnn_model._generate_events) primes the RNN with the primer, then repeats:
+encode the newest input row from the events so far, advance the RNN one step from its
+carried state, sample a label from softmax(logits / temperature), decode it into an
+event (lookback labels repeat the event 1 or 2 bars back). We run exactly that in
+tf.while_loops:
+
+  - `_StepEncoder`s are note-seq's encoder-decoders made incremental: each consumes one
+    event and returns that position's input row, carrying what the row depends on (key
+    histograms, last notes, ...) and reading older events from the event buffer. The
+    tests check every row against `encoding.encode_batch`.
+  - `_Stepper` advances the trained RNN one step. Its weights are the model's, only
+    rearranged for speed (see `_Stepper`); the tests check its logits against the
+    Keras model's.
+  - Sampling is Gumbel-max with stateless uniforms keyed by (seed, position): the same
+    seed gives the same events, and a sequence continued in several `extend` calls
+    equals one `generate` call.
+
+Event values are Magenta's: melodies -2 no event, -1 note off, 0..127 note on; drums
+the MultiDrumOneHotEncoding class index 0..511. Melody primers are squashed into the
+model's range (transpose_to_key) and the continuation is transposed back, as Magenta's
+melody generator does; the returned primer prefix is the caller's, unchanged.
+"""
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from music_rnn import configs
+from music_rnn import encoding
+from music_rnn import events as events_lib
+from music_rnn import model as model_lib
+
+NO_EVENT = configs.MELODY_NO_EVENT
+NOTE_OFF = configs.MELODY_NOTE_OFF
+_OCTAVE = configs.NOTES_PER_OCTAVE
+_NUM_PITCHES = events_lib.NUM_MIDI_PITCHES
+_NUM_DRUM_CLASSES = 2 ** configs.NUM_DRUM_CLASSES
+
+
+# --- Incremental encoders. -------------------------------------------------------
+#
+# An input row is split into its leading one-hot blocks (`hot`: [B, H] column indices,
+# `num_hot` meaning "no column") and the dense rest (`dense`: [B, D]), so the first
+# layer can gather weight rows instead of multiplying by a mostly-zero vector.
+
+
+def _read_back(hist: tf.TensorArray, index, default) -> tf.Tensor:
+  """hist[index] ([B] int64), or `default` where index < 0."""
+  value = hist.read(tf.maximum(index, 0))
+  return tf.where(index >= 0, value, tf.cast(default, tf.int64))
+
+
+def read_lookbacks(hist: tf.TensorArray, t, lookbacks: Sequence[int], default):
+  """Per lookback distance d: (events[t - d], events[t + 1 - d]), `default` before 0.
+
+  The first tells whether event t repeats; the second is what a lookback label repeats.
+  """
+  return [(_read_back(hist, t - d, default), _read_back(hist, t + 1 - d, default))
+          for d in lookbacks]
+
+
+def _counter_bits(t, bits: int, batch) -> tf.Tensor:
+  """note-seq's binary counters for position t (bits of t + 1 as +1/-1), [B, bits]."""
+  shifts = tf.range(bits)
+  on = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t + 1, shifts), 1)
+  row = tf.cast(on, tf.float32) * 2. - 1.
+  return tf.broadcast_to(row[tf.newaxis], [batch, bits])
+
+
+class _StepEncoder:
+  """One event in, that position's input row out (note-seq's events_to_input)."""
+  num_hot: int  # leading one-hot columns of the input row
+  num_blocks: int  # H: one-hot blocks among them
+  num_dense: int  # D: the other columns
+  default_event: int  # what a lookback before the start repeats
+
+  def initial_state(self, batch) -> Tuple[tf.Tensor, ...]:
+    return ()
+
+  def step(self, state, event, t, back):
+    """Consumes events[t]: (state, hot, dense, lookback events).
+
+    back: `read_lookbacks` at t. lookback events: events[t + 1 - d] per lookback
+    distance d, what `decode` repeats.
+    """
+    raise NotImplementedError
+
+  def decode(self, label, lookback_events) -> tf.Tensor:
+    """Sampled labels [B] -> events [B] (note-seq's class_index_to_event)."""
+    raise NotImplementedError
+
+
+class _LookbackEncoder(_StepEncoder):
+  """LookbackEventSequenceEncoderDecoder over a one-hot encoding (also plain one-hot:
+  no lookbacks and no counters leave just the one-hot block)."""
+
+  def __init__(self, config: configs.ModelConfig):
+    self.drums = config.kind == configs.DRUMS
+    self.min_note = config.min_note
+    if self.drums:
+      self.one_hot_size = _NUM_DRUM_CLASSES
+      self.default_event = 0
+    else:
+      self.one_hot_size = (config.max_note - config.min_note +
+                           configs.NUM_SPECIAL_MELODY_EVENTS)
+      self.default_event = NO_EVENT
+    self.lookbacks = tuple(config.lookback_distances)
+    self.bits = config.binary_counter_bits
+    self.num_blocks = 1 + len(self.lookbacks)
+    self.num_hot = self.num_blocks * self.one_hot_size
+    self.num_dense = self.bits + len(self.lookbacks)
+
+  def _class(self, event):
+    event = tf.cast(event, tf.int32)
+    if self.drums:
+      return event
+    # MelodyOneHotEncoding: 0 no event, 1 note off, 2 + note - min_note.
+    return tf.where(event < 0, event + configs.NUM_SPECIAL_MELODY_EVENTS,
+                    event - self.min_note + configs.NUM_SPECIAL_MELODY_EVENTS)
+
+  def _event(self, label):
+    label = tf.cast(label, tf.int64)
+    if self.drums:
+      return label
+    return tf.where(label < configs.NUM_SPECIAL_MELODY_EVENTS,
+                    label - configs.NUM_SPECIAL_MELODY_EVENTS,
+                    label - configs.NUM_SPECIAL_MELODY_EVENTS + self.min_note)
+
+  def step(self, state, event, t, back):
+    batch = tf.shape(event)[0]
+    hot = [self._class(event)]
+    dense = []
+    upcoming, repeats = [], []
+    for i, (d, (previous, next_repeat)) in enumerate(zip(self.lookbacks, back)):
+      # The event that would repeat next, and whether this one repeats.
+      upcoming.append(next_repeat)
+      hot.append(self._class(next_repeat) + (i + 1) * self.one_hot_size)
+      repeats.append((t >= d) & tf.equal(event, previous))
+    if self.bits:
+      dense.append(_counter_bits(t, self.bits, batch))
+    dense.extend(tf.cast(r, tf.float32)[:, tf.newaxis] for r in repeats)
+    dense = tf.concat(dense, 1) if dense else tf.zeros([batch, 0])
+    return state, tf.stack(hot, 1), dense, upcoming
+
+  def decode(self, label, lookback_events):
+    event = self._event(tf.minimum(label, self.one_hot_size - 1))
+    for i, repeated in enumerate(lookback_events):
+      event = tf.where(tf.equal(label, self.one_hot_size + i), repeated, event)
+    return event
+
+
+def _key_matrix() -> tf.Tensor:
+  """[12 pitch classes, 12 major keys]: 1 where the key contains the pitch class."""
+  rows = [[1. if k in keys else 0. for k in range(_OCTAVE)] for keys in events_lib.NOTE_KEYS]
+  return tf.constant(rows, tf.float32)
+
+
+def _key_flags(pitch_class_hist) -> tf.Tensor:
+  """1.0 for every major key tied for most notes (all 1.0 when there are none)."""
+  key_hist = tf.matmul(pitch_class_hist, _key_matrix())
+  return tf.cast(tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True)), tf.float32)
+
+
+class _KeyMelodyEncoder(_StepEncoder):
+  """KeyMelodyEncoderDecoder, its per-melody state carried from step to step.
+
+  State: last sounding event (latest that is not NO_EVENT), attack flag, ascending
+  (+1/-1/0), last note, the last 3 distinct notes (oldest first, -1 empty), and the
+  pitch-class histogram of every note so far.
+  """
+
+  def __init__(self, config: configs.ModelConfig):
+    self.min_note = config.min_note
+    self.note_range = config.max_note - config.min_note
+    self.lookbacks = tuple(config.lookback_distances)
+    self.bits = config.binary_counter_bits
+    self.default_event = NO_EVENT
+    self.num_blocks = 1
+    self.num_hot = self.note_range
+    self.num_dense = config.input_size - self.note_range
+
+  def initial_state(self, batch):
+    minus_one = tf.fill([batch], tf.constant(-1, tf.int64))
+    return (tf.fill([batch], tf.constant(NO_EVENT, tf.int64)),  # last sounding event
+            tf.zeros([batch], tf.bool),  # attack
+            tf.zeros([batch], tf.float32),  # ascending
+            minus_one,  # last note
+            tf.fill([batch, 3], tf.constant(-1, tf.int64)),  # last 3 distinct notes
+            tf.zeros([batch, _OCTAVE], tf.float32))  # pitch-class histogram
+
+  def step(self, state, event, t, back):
+    last_sound, attack, ascending, last_note, recent, histogram = state
+    batch = tf.shape(event)[0]
+    is_note = event >= 0
+    last_sound = tf.where(tf.equal(event, NO_EVENT), last_sound, event)
+    attack = tf.where(tf.equal(event, NO_EVENT), False, is_note | attack)
+    moved = is_note & (last_note >= 0) & tf.not_equal(event, last_note)
+    ascending = tf.where(moved, tf.cast(tf.sign(event - last_note), tf.float32), ascending)
+    last_note = tf.where(is_note, event, last_note)
+    # Move the note to the newest slot: drop its old slot, or the oldest if it is new.
+    found = tf.equal(recent, event[:, tf.newaxis])
+    slot = tf.reduce_max(tf.where(found, tf.range(3)[tf.newaxis], 0), 1)
+    shifted = tf.stack([tf.where(slot > 0, recent[:, 0], recent[:, 1]),
+                        tf.where(slot > 1, recent[:, 1], recent[:, 2]), event], 1)
+    recent = tf.where(is_note[:, tf.newaxis], shifted, recent)
+    histogram += tf.one_hot(tf.math.floormod(event, _OCTAVE), _OCTAVE) * tf.cast(
+        is_note, tf.float32)[:, tf.newaxis]
+
+    # note-seq tests `if current_note:`, so pitch 0 counts as silence.
+    playing = last_sound > 0
+    hot = tf.where(playing, tf.cast(last_sound, tf.int32) - self.min_note, self.note_range)
+    upcoming, dense = [], [tf.cast(playing, tf.float32)[:, tf.newaxis],
+                           tf.cast(~playing, tf.float32)[:, tf.newaxis],
+                           tf.cast(attack, tf.float32)[:, tf.newaxis],
+                           ascending[:, tf.newaxis]]
+    for d, (previous, next_repeat) in zip(self.lookbacks, back):
+      upcoming.append(next_repeat)
+      repeat = (t >= d) & tf.equal(event, previous)
+      dense.append(tf.cast(repeat, tf.float32)[:, tf.newaxis])
+    if self.bits:
+      dense.append(_counter_bits(t, self.bits, batch))
+    bar_end = tf.cast(tf.equal((t + 1) % configs.DEFAULT_STEPS_PER_BAR, 0), tf.float32)
+    dense.append(tf.fill([batch, 1], bar_end))
+    dense.append(_key_flags(histogram))
+    recent_classes = tf.one_hot(tf.math.floormod(recent, _OCTAVE), _OCTAVE) * tf.cast(
+        recent >= 0, tf.float32)[..., tf.newaxis]
+    dense.append(_key_flags(tf.reduce_sum(recent_classes, 1)))
+    state = (last_sound, attack, ascending, last_note, recent, histogram)
+    return state, hot[:, tf.newaxis], tf.concat(dense, 1), upcoming
+
+  def decode(self, label, lookback_events):
+    label = tf.cast(label, tf.int64)
+    r = self.note_range
+    event = tf.where(label < r, label + self.min_note,
+                     tf.where(tf.equal(label, r), tf.constant(NO_EVENT, tf.int64),
+                              tf.constant(NOTE_OFF, tf.int64)))
+    for i, repeated in enumerate(lookback_events):
+      event = tf.where(tf.equal(label, r + 2 + i), repeated, event)
+    return event
+
+
+def step_encoder(config: configs.ModelConfig) -> _StepEncoder:
+  if config.encoding in (configs.ENCODING_MULTI_DRUM_LOOKBACK, configs.ENCODING_MELODY_ONE_HOT,
+                         configs.ENCODING_MELODY_LOOKBACK):
+    encoder = _LookbackEncoder(config)
+  elif config.encoding == configs.ENCODING_KEY_MELODY:
+    encoder = _KeyMelodyEncoder(config)
+  else:
+    raise ValueError(f'No step encoder for encoding {config.encoding!r}')
+  if encoder.num_hot + encoder.num_dense != config.input_size:
+    raise ValueError(f'{config.name}: step encoder makes {encoder.num_hot + encoder.num_dense}'
+                     f' inputs, configs says {config.input_size}')
+  return encoder
+
+
+def dense_rows(encoder: _StepEncoder, hot, dense) -> tf.Tensor:
+  """(hot, dense) -> the full input rows [B, input_size] (for tests and checks)."""
+  one_hot = tf.reduce_sum(tf.one_hot(hot, encoder.num_hot + 1), 1)[:, :encoder.num_hot]
+  return tf.concat([one_hot, dense], 1)
+
+
+# --- The RNN, one step at a time. -----------------------------------------------------
+
+
+def _lstm(z, c):
+  """Keras LSTMCell's gates (i, f, c, o) on the summed pre-activations z."""
+  i, f, g, o = tf.split(z, 4, axis=1)
+  c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+  return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def _as_np(v) -> np.ndarray:
+  return np.asarray(tf.convert_to_tensor(v).numpy(), np.float64)
+
+
+class _Stepper(tf.Module):
+  """EventSequenceRnn.step on rearranged weights, for speed.
+
+  The math is the model's; only the order of floating-point operations differs:
+  - first layer: rows of the input kernel are gathered for the one-hot columns;
+  - attention layer: the input projection is folded into the LSTM kernel
+    (([x; a] Wp + bp) Wx = x (Wp_x Wx) + a (Wp_a Wx) + bp Wx), and the attention keys
+    (window entries times attn_w) are carried instead of recomputed every step;
+  - every LSTM's input and recurrent kernels are stacked into one matmul.
+  Weights are fixed tf.Variables computed once when the module is built (at export).
+  """
+
+  def __init__(self, model: model_lib.EventSequenceRnn, num_hot: int):
+    super().__init__(name='stepper')
+    self.layers: List[dict] = []
+    self.units: List[int] = []
+    self.attn_length = 0
+
+    def var(name, value):
+      return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
+
+    for i, layer in enumerate(model.rnn_layers):
+      cell = layer.cell
+      if isinstance(cell, model_lib.AttentionLSTMCell):
+        if i != 0:
+          raise ValueError('attention is supported on the first layer only')
+        u, self.attn_length = cell.units, cell.attn_length
+        wp, bp = _as_np(cell.input_projection.kernel), _as_np(cell.input_projection.bias)
+        wx, wh = _as_np(cell.lstm.kernel), _as_np(cell.lstm.recurrent_kernel)
+        d = wp.shape[1]  # input size
+        w_in = wp[:d] @ wx
+        self.layers.append(dict(
+            hot=var(f'l{i}_hot', np.concatenate([w_in[:num_hot], np.zeros((1, 4 * u))])),
+            dense=var(f'l{i}_dense', w_in[num_hot:]),
+            recurrent=var(f'l{i}_recurrent', np.concatenate([wp[d:] @ wx, wh])),  # [a; h]
+            bias=var(f'l{i}_bias', bp @ wx + _as_np(cell.lstm.bias)),
+            query=var(f'l{i}_query', _as_np(cell.query_projection.kernel)),
+            query_bias=var(f'l{i}_query_bias', _as_np(cell.query_projection.bias)),
+            attn_w=var(f'l{i}_attn_w', _as_np(cell.attn_w)),
+            attn_v=var(f'l{i}_attn_v', _as_np(cell.attn_v)),
+            out=var(f'l{i}_out', _as_np(cell.output_projection.kernel)),
+            out_bias=var(f'l{i}_out_bias', _as_np(cell.output_projection.bias))))
+      else:
+        u = cell.units
+        wx, wh = _as_np(cell.kernel), _as_np(cell.recurrent_kernel)
+        if i == 0:
+          self.layers.append(dict(
+              hot=var(f'l{i}_hot', np.concatenate([wx[:num_hot], np.zeros((1, 4 * u))])),
+              dense=var(f'l{i}_dense', wx[num_hot:]),
+              recurrent=var(f'l{i}_recurrent', wh),
+              bias=var(f'l{i}_bias', _as_np(cell.bias))))
+        else:
+          self.layers.append(dict(kernel=var(f'l{i}_kernel', np.concatenate([wx, wh])),
+                                  bias=var(f'l{i}_bias', _as_np(cell.bias))))
+      self.units.append(u)
+    self.logits_kernel = var('logits_kernel', _as_np(model.logits_layer.kernel))
+    self.logits_bias = var('logits_bias', _as_np(model.logits_layer.bias))
+    self.num_dense = self.layers[0]['dense'].shape[0]
+
+  # State: per layer (h, c), and for the attention layer also (attention vector,
+  # window [B, L, U] oldest first, keys [B, L, U]).
+
+  def state_shapes(self) -> List[Tuple[int, ...]]:
+    shapes = []
+    for i, u in enumerate(self.units):
+      shapes += [(u,), (u,)]
+      if i == 0 and self.attn_length:
+        shapes += [(u,), (self.attn_length, u), (self.attn_length, u)]
+    return shapes
+
+  def zero_state(self, batch) -> Tuple[tf.Tensor, ...]:
+    return tuple(tf.zeros(tf.concat([[batch], s], 0)) for s in self.state_shapes())
+
+  def step(self, hot, dense, state):
+    """(hot [B, H], dense [B, D], state) -> (logits [B, C], state)."""
+    state = list(state)
+    new_state = []
+    first = self.layers[0]
+    if hot.shape[1] == 1:
+      z = tf.gather(first['hot'], hot[:, 0])
+    else:
+      z = tf.reduce_sum(tf.gather(first['hot'], hot), 1)
+    if self.num_dense:
+      z += tf.matmul(dense, first['dense'])
+    z += first['bias']
+    if self.attn_length:
+      h, c, attn, window, keys = state[:5]
+      state = state[5:]
+      z += tf.matmul(tf.concat([attn, h], 1), first['recurrent'])
+      h, c = _lstm(z, c)
+      query = tf.matmul(tf.concat([c, h], 1), first['query']) + first['query_bias']
+      scores = tf.reduce_sum(first['attn_v'] * tf.tanh(keys + query[:, tf.newaxis]), 2)
+      weights = tf.nn.softmax(scores)
+      attn = tf.einsum('bl,blu->bu', weights, window)
+      x = tf.matmul(tf.concat([h, attn], 1), first['out']) + first['out_bias']
+      window = tf.concat([window[:, 1:], x[:, tf.newaxis]], 1)
+      keys = tf.concat([keys[:, 1:], tf.matmul(x, first['attn_w'])[:, tf.newaxis]], 1)
+      new_state += [h, c, attn, window, keys]
+    else:
+      h, c = state[:2]
+      state = state[2:]
+      z += tf.matmul(h, first['recurrent'])
+      x, c = _lstm(z, c)
+      new_state += [x, c]
+    for layer in self.layers[1:]:
+      h, c = state[:2]
+      state = state[2:]
+      x, c = _lstm(tf.matmul(tf.concat([x, h], 1), layer['kernel']) + layer['bias'], c)
+      new_state += [x, c]
+    return tf.matmul(x, self.logits_kernel) + self.logits_bias, tuple(new_state)
+
+
+# --- Sampling. ------------------------------------------------------------------------
+
+
+def _sample(logits, temperature, seed, position):
+  """Gumbel-max draw from softmax(logits / temperature): (labels [B], log-probs [B]).
+
+  Uniforms are keyed by (seed, position), so a row's draws depend only on the seed, the
+  position and its row index.
+  """
+  logits = logits / temperature
+  key = tf.stack([seed, tf.cast(position, tf.int64)])
+  u = tf.random.stateless_uniform(tf.shape(logits), key, minval=np.finfo(np.float32).tiny,
+                                  maxval=1.)
+  labels = tf.argmax(logits - tf.math.log(-tf.math.log(u)), 1, output_type=tf.int32)
+  log_probs = tf.gather(tf.nn.log_softmax(logits), labels, axis=1, batch_dims=1)
+  return labels, log_probs
+
+
+def _fold(notes, min_note: int, max_note: int):
+  """Octave-shifts notes into [min_note, max_note) (note-seq's Melody.transpose)."""
+  return tf.where(notes < min_note, min_note + tf.math.floormod(notes - min_note, _OCTAVE),
+                  tf.where(notes >= max_note,
+                           max_note - _OCTAVE + tf.math.floormod(notes - max_note, _OCTAVE),
+                           notes))
+
+
+# --- The module. ----------------------------------------------------------------------
+
+PRIMER_SPEC = tf.TensorSpec([None, None], tf.int64, name='primer')
+EVENTS_SPEC = tf.TensorSpec([None, None], tf.int64, name='events')
+NUM_STEPS_SPEC = tf.TensorSpec([], tf.int32, name='num_steps')
+TEMPERATURE_SPEC = tf.TensorSpec([], tf.float32, name='temperature')
+SEED_SPEC = tf.TensorSpec([], tf.int64, name='seed')
+
+
+class Generator(tf.Module):
+  """The generation functions of one trained model (saved inside the SavedModel).
+
+  generate(primer, num_steps, temperature, seed) -> events, log_likelihood
+  prime(primer) -> events (model space), transpose_amount, state
+  extend(events, state, num_steps, temperature, seed) -> events, state, log_likelihood
+  `prime` + `extend` let a caller continue sequences in pieces (progress, beam search);
+  extend(prime(p)) continued to n steps equals generate(p, n) in model space.
+  """
+
+  def __init__(self, model: model_lib.EventSequenceRnn, config: configs.ModelConfig):
+    super().__init__(name='generator')
+    self.config = config
+    self.encoder = step_encoder(config)
+    self.stepper = _Stepper(model, self.encoder.num_hot)
+    if self.stepper.num_dense != self.encoder.num_dense:
+      raise ValueError(f'model input size does not match the {config.name} encoding')
+    self.melody = config.kind == configs.MELODY
+    self.generate = tf.function(self._generate, input_signature=[
+        PRIMER_SPEC, NUM_STEPS_SPEC, TEMPERATURE_SPEC, SEED_SPEC])
+    self.prime = tf.function(self._prime, input_signature=[PRIMER_SPEC])
+    self.extend = tf.function(self._extend, input_signature=[
+        EVENTS_SPEC, tf.TensorSpec([None, None], tf.float32, name='state'), NUM_STEPS_SPEC,
+        TEMPERATURE_SPEC, SEED_SPEC])
+
+  # --- Checks that fail with one clear message instead of graph errors downstream.
+
+  def _event_range(self, model_space: bool) -> Tuple[int, int, str]:
+    if not self.melody:
+      return 0, _NUM_DRUM_CLASSES - 1, (
+          'drum class indices in [0, 511] (bit i set = drum class i)')
+    if model_space:
+      lo, hi = self.config.min_note, self.config.max_note - 1
+      return NO_EVENT, hi, (f'model-space melody events: -2, -1 or notes in [{lo}, {hi}] '
+                            '(as returned by prime/extend)')
+    return NO_EVENT, _NUM_PITCHES - 1, (
+        'melody events in [-2, 127] (-2 no event, -1 note off, 0..127 note on)')
+
+  def _check_events(self, fn: str, name: str, events, model_space: bool):
+    lo, hi, what = self._event_range(model_space)
+    length = tf.shape(events)[1]
+    checks = [tf.debugging.Assert(length >= 1, [tf.strings.format(
+        f'{fn}: {name} must have at least one event per row; got shape {{}}',
+        [tf.shape(events)])], name=f'check_{name}_length')]
+    with tf.control_dependencies(checks):
+      valid = (events >= lo) & (events <= hi)
+      if model_space and self.melody:
+        valid &= (events < 0) | (events >= self.config.min_note)
+      bad = tf.boolean_mask(events, ~valid)
+      checks.append(tf.debugging.Assert(tf.size(bad) == 0, [tf.strings.format(
+          f'{fn}: {name} must hold {what}; got {{}}', [bad[:5]])],
+          name=f'check_{name}_values'))
+    return checks
+
+  def _check_args(self, fn: str, num_steps, temperature):
+    return [
+        tf.debugging.Assert(num_steps >= 1, [tf.strings.format(
+            f'{fn}: num_steps must be >= 1; got {{}}', [num_steps])], name='check_num_steps'),
+        tf.debugging.Assert(temperature > 0, [tf.strings.format(
+            f'{fn}: temperature must be > 0; got {{}}', [temperature])],
+                            name='check_temperature'),
+    ]
+
+  # --- State: the RNN's and the encoder's, packed into one float32 [B, S] so callers
+  # can carry (and reorder, for beam search) it between `extend` calls. The encoder's
+  # integers are small, so float32 holds them exactly.
+
+  def _state_specs(self):
+    specs = [(tuple(s.shape[1:]), s.dtype) for s in self.encoder.initial_state(1)]
+    return [(s, tf.float32) for s in self.stepper.state_shapes()] + specs
+
+  @property
+  def state_size(self) -> int:
+    return int(sum(np.prod(shape) for shape, _ in self._state_specs()))
+
+  def _pack(self, rnn_state, enc_state) -> tf.Tensor:
+    parts = list(rnn_state) + list(enc_state)
+    batch = tf.shape(parts[0])[0]
+    return tf.concat([tf.reshape(tf.cast(p, tf.float32), [batch, -1]) for p in parts], 1)
+
+  def _unpack(self, packed):
+    specs = self._state_specs()
+    batch = tf.shape(packed)[0]
+    parts = tf.split(packed, [int(np.prod(shape)) for shape, _ in specs], axis=1)
+    state = []
+    for part, (shape, dtype) in zip(parts, specs):
+      part = tf.reshape(part, tf.concat([[batch], tf.constant(shape, tf.int32)], 0))
+      state.append(tf.not_equal(part, 0) if dtype == tf.bool else tf.cast(part, dtype))
+    num_rnn = len(self.stepper.state_shapes())
+    return tuple(state[:num_rnn]), tuple(state[num_rnn:])
+
+  # --- Loops.
+
+  def _loop(self, start, stop, hist, enc_state, rnn_state, log_likelihood,
+            temperature=None, seed=None):
+    """Steps positions t in [start, stop): encodes event t and advances the RNN; given
+    a temperature, also samples event t + 1 into `hist` (else it is already there)."""
+    default = self.encoder.default_event
+    lookbacks = self.encoder.lookbacks
+
+    def body(t, hist, enc_state, rnn_state, log_likelihood):
+      event = hist.read(t)
+      back = read_lookbacks(hist, t, lookbacks, default)
+      enc_state, hot, dense, upcoming = self.encoder.step(enc_state, event, t, back)
+      logits, rnn_state = self.stepper.step(hot, dense, rnn_state)
+      if temperature is not None:
+        labels, log_probs = _sample(logits, temperature, seed, t + 1)
+        hist = hist.write(t + 1, self.encoder.decode(labels, upcoming))
+        log_likelihood += log_probs
+      return t + 1, hist, enc_state, rnn_state, log_likelihood
+
+    _, hist, enc_state, rnn_state, log_likelihood = tf.while_loop(
+        lambda t, *_: t < stop, body,
+        (start, hist, enc_state, rnn_state, log_likelihood))
+    return hist, enc_state, rnn_state, log_likelihood
+
+  def _run(self, events, state, num_steps, temperature, seed):
+    """Runs events [B, T] through the RNN (all but the last, which the state does not
+    include yet) unless a packed `state` is given, then samples `num_steps` more.
+
+    Returns (events [B, T + num_steps], packed state, log_likelihood of the new events).
+    """
+    batch, length = tf.shape(events)[0], tf.shape(events)[1]
+    total = length + num_steps
+    hist = tf.TensorArray(tf.int64, size=total, clear_after_read=False,
+                          element_shape=tf.TensorShape([None]))
+    hist = hist.scatter(tf.range(length), tf.transpose(events))
+    log_likelihood = tf.zeros([batch])
+    if state is None:  # priming
+      rnn_state = self.stepper.zero_state(batch)
+      enc_state = self.encoder.initial_state(batch)
+      hist, enc_state, rnn_state, _ = self._loop(0, length - 1, hist, enc_state, rnn_state,
+                                                 log_likelihood)
+    else:
+      rnn_state, enc_state = self._unpack(state)
+    if temperature is not None:
+      hist, enc_state, rnn_state, log_likelihood = self._loop(
+          length - 1, total - 1, hist, enc_state, rnn_state, log_likelihood, temperature,
+          seed)
+    return tf.transpose(hist.stack()), self._pack(rnn_state, enc_state), log_likelihood
+
+  def _to_model_space(self, primer):
+    """Magenta's melody squash (drums pass through): (events, transpose_amount [B])."""
+    if not self.melody:
+      return primer, tf.zeros(tf.shape(primer)[:1], tf.int64)
+    events = encoding.clean_leading_note_offs(primer)
+    return encoding.squash_melodies(events, self.config.min_note, self.config.max_note,
+                                    self.config.transpose_to_key)
+
+  # --- The public functions (wrapped in tf.function in __init__).
+
+  def _generate(self, primer, num_steps, temperature, seed):
+    """primer [B, T] -> {'events': [B, T + num_steps], 'log_likelihood': [B]}.
+
+    log_likelihood: sum of the log-probabilities (at `temperature`) of the sampled events.
+    """
+    checks = self._check_events('generate', 'primer', primer, model_space=False)
+    checks += self._check_args('generate', num_steps, temperature)
+    with tf.control_dependencies(checks):
+      primer, num_steps, temperature = (tf.identity(x) for x in (primer, num_steps,
+                                                                  temperature))
+    events, amount = self._to_model_space(primer)
+    out, _, log_likelihood = self._run(events, None, num_steps, temperature, seed)
+    new = out[:, tf.shape(primer)[1]:]
+    if self.melody:  # back to the primer's key and octave (Melody.transpose(-amount))
+      new = tf.where(new >= 0, _fold(new - amount[:, tf.newaxis], 0, _NUM_PITCHES), new)
+    return {'events': tf.concat([primer, new], 1), 'log_likelihood': log_likelihood}
+
+  def _prime(self, primer):
+    """primer [B, T] -> {'events': model-space [B, T], 'transpose_amount': [B],
+    'state': [B, S]}: the state after all but the last primer event."""
+    checks = self._check_events('prime', 'primer', primer, model_space=False)
+    with tf.control_dependencies(checks):
+      primer = tf.identity(primer)
+    events, amount = self._to_model_space(primer)
+    _, state, _ = self._run(events, None, 0, None, None)
+    return {'events': events, 'transpose_amount': amount, 'state': state}
+
+  def _extend(self, events, state, num_steps, temperature, seed):
+    """Model-space events [B, T] and their state -> {'events': [B, T + num_steps],
+    'state', 'log_likelihood': [B] of the new events}."""
+    checks = self._check_events('extend', 'events', events, model_space=True)
+    checks += self._check_args('extend', num_steps, temperature)
+    checks.append(tf.debugging.Assert(
+        tf.reduce_all(tf.equal(tf.shape(state), [tf.shape(events)[0], self.state_size])),
+        [tf.strings.format(f'extend: state must have shape [batch, {self.state_size}] (from '
+                           'prime or extend); got {}', [tf.shape(state)])],
+        name='check_state'))
+    with tf.control_dependencies(checks):
+      events, state, num_steps, temperature = (
+          tf.identity(x) for x in (events, state, num_steps, temperature))
+    out, state, log_likelihood = self._run(events, state, num_steps, temperature, seed)
+    return {'events': out, 'state': state, 'log_likelihood': log_likelihood}

@@ -1,0 +1,88 @@
+"""The walkthrough notebook, executed headless (nbclient) with tiny settings.
+
+Any cell error fails the test; the outputs a new user is meant to see (TFDV statistics,
+schema, anomalies, TensorBoard, the pushed model) must be there.
+"""
+
+import os
+import signal
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tests.conftest import PROJECT_ROOT, bundled, write_slice_with_eval
+
+NOTEBOOK = os.path.join(PROJECT_ROOT, 'notebooks', 'music_rnn_walkthrough.ipynb')
+
+
+def _stop_tensorboards_under(root: str) -> None:
+  """Stops TensorBoard servers the notebook's %tensorboard started (by pid, ours only)."""
+  from tensorboard import manager  # pylint: disable=g-import-not-at-top
+  for info in manager.get_all():
+    if root in info.logdir:
+      try:
+        os.kill(info.pid, signal.SIGTERM)
+      except ProcessLookupError:
+        pass
+
+
+def _text(cell) -> str:
+  parts = []
+  for out in cell.get('outputs', []):
+    parts.append(out.get('text', ''))
+    for mime, value in out.get('data', {}).items():
+      if mime.startswith('text/'):
+        parts.append(value if isinstance(value, str) else ''.join(value))
+  return '\n'.join(parts)
+
+
+def _cell(nb, needle):
+  matches = [c for c in nb.cells if c.cell_type == 'code' and needle in c.source]
+  assert len(matches) == 1, needle
+  return matches[0]
+
+
+def test_notebook_runs_headless(tmp_path, monkeypatch):
+  data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 10)
+  out = str(tmp_path / 'out')
+  for key, value in {
+      'CONFIG': 'drum_kit', 'DATA': data, 'TRAIN_STEPS': '3', 'EVAL_STEPS': '2',
+      'HPARAMS': 'rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
+      'TUNE': '1', 'MAX_TRIALS': '2', 'TRIAL_STEPS': '2', 'TENSORBOARD': '1',
+      'OUTPUT': out}.items():
+    monkeypatch.setenv('MUSIC_RNN_NB_' + key, value)
+  monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
+
+  nb = nbformat.read(NOTEBOOK, as_version=4)
+  client = NotebookClient(nb, timeout=900, kernel_name='python3',
+                          resources={'metadata': {'path': str(tmp_path)}})
+  try:
+    client.execute()  # raises CellExecutionError on the first failing cell
+  finally:
+    _stop_tensorboards_under(str(tmp_path))
+
+  # Every component of the one create_pipeline ran, in order.
+  order = _text(_cell(nb, 'components = {c.id: c for c in pipeline.components}'))
+  ids = order.strip().splitlines()[-1].split(' -> ')
+  assert ids[0] == 'NoteSequenceExampleGen' and ids[-2:] == ['Trainer', 'Pusher']
+
+  stats = _text(_cell(nb, 'read_stats('))
+  assert 'drum_tracks_extracted' in stats
+  # TFDV's visualisations: Facets Overview for statistics, tables for schema and anomalies.
+  assert 'facets-overview' in _text(_cell(nb, "outputs['statistics']"))
+  assert 'drum_pitches' in _text(_cell(nb, "outputs['schema']"))
+  assert 'No anomalies found' in _text(_cell(nb, "outputs['anomalies']"))
+  tuner = _text(_cell(nb, "if 'Tuner' in components:"))
+  if 'Tuner' in ids:
+    assert 'trial' in tuner.lower()
+  else:
+    assert 'No Tuner in this pipeline' in tuner
+  trainer = _text(_cell(nb, "run_through('Trainer')"))
+  assert 'perplexity' in trainer
+  assert 'tensorboard' in _text(_cell(nb, '%tensorboard')).lower()
+  pushed = _text(_cell(nb, "run_through('Pusher')"))
+  assert 'serving_default' in pushed and os.path.join(out, 'serving', 'drum_kit') in pushed
+  assert os.listdir(os.path.join(out, 'serving', 'drum_kit'))
+  roll = _text(_cell(nb, 'def piano_roll('))
+  assert roll  # a figure, or the note that generation is not in this checkout yet

@@ -1,0 +1,296 @@
+"""Training that survives: kill and resume, best weights, NaN guard, replicas, warm start.
+
+Runs run_fn on test_training's tiny real Transform output; one test runs the whole
+pipeline with `music-rnn run --fast-dev-run`.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from music_rnn import checkpointing
+from music_rnn import configs
+from music_rnn import model as model_lib
+from music_rnn import training
+from tests.conftest import bundled, write_slice_with_eval
+from tests.test_training import CONFIG, HPARAMS, transformed  # noqa: F401  (fixture)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fn_args_kwargs(root, out, train_steps=10, eval_split='eval', base_model=None,
+                    **custom):
+  """FnArgs as a JSON-able dict, so a child process can build the same one."""
+  return dict(
+      working_dir=str(out / 'working'),
+      train_files=[str(root / 'train' / '*.gz')],
+      eval_files=[str(root / eval_split / '*.gz')],
+      train_steps=train_steps, eval_steps=2,
+      transform_output=str(root / 'transform_output'),
+      transform_graph_path=str(root / 'transform_output'),
+      serving_model_dir=str(out / 'serving_model_dir'),
+      model_run_dir=str(out / 'model_run'),
+      base_model=base_model,
+      custom_config={'config_name': CONFIG, 'hparams': HPARAMS, 'seed': 3,
+                     'num_evals': 5, **custom})
+
+
+def _fn_args(**kwargs):
+  from tfx import v1 as tfx
+  return tfx.components.FnArgs(**kwargs)
+
+
+def _report(kwargs):
+  with open(os.path.join(kwargs['model_run_dir'], training.METRICS_FILE)) as f:
+    return json.load(f)
+
+
+# --- Pure logic: no training. ---------------------------------------------------
+
+
+def test_epoch_plan_puts_evals_and_checkpoints_on_epoch_ends():
+  # 10 steps, eval every 4, checkpoint every 2: epochs of 2, evals at 4, 8 and the end.
+  assert training.epoch_plan(0, 10, 4, 2) == (2, 5, [2, 4, 5])
+  # Resumed at step 4 of the same plan.
+  assert training.epoch_plan(4, 10, 4, 2) == (2, 3, [2, 3])
+  # Intervals that do not nest: epochs of gcd(6, 4) = 2 steps.
+  assert training.epoch_plan(0, 12, 6, 4) == (2, 6, [3, 6])
+
+
+def test_global_batch_must_divide_over_replicas():
+  hparams = configs.get_config(CONFIG).hparams
+  assert training.split_batch(hparams, 4, 64).batch_size == 16
+  assert training.split_batch(hparams, 2, None) is hparams  # batch_size is per replica
+  with pytest.raises(ValueError, match=r'Global batch size 10 does not divide over 4 '
+                                       r'replicas; use a multiple of 4 \(e.g. 8 or 12\)'):
+    training.split_batch(hparams, 4, 10)
+  assert training.dtype_policy('auto') == 'mixed_bfloat16'  # no GPU here
+  assert training.dtype_policy(None) is None
+  with pytest.raises(ValueError, match='mixed_precision'):
+    training.dtype_policy('float8')
+
+
+def test_checkpointer_keeps_the_k_best_and_counts_evals_since_best(tmp_path):
+  config = configs.get_config(CONFIG)
+  model = model_lib.build_model(config, config.hparams.replace(rnn_layer_sizes=[4],
+                                                               attn_length=0))
+  ckpt = checkpointing.Checkpointer(str(tmp_path), model, keep_best=2)
+  kernel = model.logits_layer.kernel
+  for step, loss in [(2, 3.0), (4, 2.0), (6, 2.5), (8, 1.5), (10, 2.2)]:
+    model.optimizer.iterations.assign(step)
+    kernel.assign(tf.fill(kernel.shape, float(step)))
+    ckpt.record_eval(loss)
+    if step == 6:
+      ckpt.save([])
+  assert [(e['step'], e['eval_loss']) for e in ckpt.best] == [(8, 1.5), (4, 2.0)]
+  assert sorted(os.listdir(tmp_path / 'best')) == sorted(
+      ['index.json', 'step-4.index', 'step-4.data-00000-of-00001',
+       'step-8.index', 'step-8.data-00000-of-00001'])
+  assert int(ckpt.state.evals_since_best.numpy()) == 1
+  assert int(ckpt.state.best_step.numpy()) == 8
+  assert ckpt.restore_best()['step'] == 8
+  np.testing.assert_array_equal(kernel.numpy(), 8.0)
+
+  # A fresh process resumes from the checkpoint at step 6: the best entry from step 8
+  # (written after it) is dropped, and the early-stopping state is as it was at step 6.
+  again = model_lib.build_model(config, config.hparams.replace(rnn_layer_sizes=[4],
+                                                               attn_length=0))
+  resumed = checkpointing.Checkpointer(str(tmp_path), again, keep_best=2)
+  assert resumed.restore() == 6
+  assert [e['step'] for e in resumed.best] == [4]
+  assert int(resumed.state.evals_since_best.numpy()) == 1  # 2.5 after 2.0
+  np.testing.assert_array_equal(again.logits_layer.kernel.numpy(), 6.0)
+
+
+# --- run_fn. --------------------------------------------------------------------
+
+
+_CHILD = '''
+import json, os, sys, time
+from music_rnn import checkpointing, training
+from tfx import v1 as tfx
+kwargs, marker = json.loads(sys.argv[1]), sys.argv[2]
+save = checkpointing.Checkpointer.save
+
+def save_then_hang(self, history):
+  path = save(self, history)
+  if self.step >= 4:  # the parent kills us here, mid-run
+    with open(marker, 'w') as f:
+      f.write(str(self.step))
+    time.sleep(600)
+  return path
+
+checkpointing.Checkpointer.save = save_then_hang
+training.run_fn(tfx.components.FnArgs(**kwargs))
+'''
+
+
+def test_killed_run_resumes_to_the_configured_step_count(transformed, tmp_path):  # noqa: F811
+  root, _ = transformed
+  checkpoint_root = str(tmp_path / 'checkpoints')
+  first = _fn_args_kwargs(root, tmp_path / 'first', checkpoint_dir=checkpoint_root,
+                          checkpoint_every=2, keep_best=2)
+  marker = tmp_path / 'killed_at'
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  child = subprocess.Popen([sys.executable, '-c', _CHILD, json.dumps(first), str(marker)],
+                           env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 400
+    while not marker.exists():
+      assert child.poll() is None, child.stderr.read()[-3000:]
+      assert time.time() < deadline, 'the child never reached step 4'
+      time.sleep(0.5)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+  finally:
+    if child.poll() is None:
+      child.kill()
+    child.stderr.close()
+  assert child.returncode == -signal.SIGKILL
+  assert marker.read_text() == '4'
+  assert not os.path.exists(os.path.join(first['model_run_dir'], training.METRICS_FILE))
+
+  # The re-run is a new Trainer execution (new scratch dirs), same inputs and settings.
+  second = _fn_args_kwargs(root, tmp_path / 'second', checkpoint_dir=checkpoint_root,
+                           checkpoint_every=2, keep_best=2)
+  training.run_fn(_fn_args(**second))
+  report = _report(second)
+  assert report['resumed_from_step'] == 4
+  assert report['train_steps'] == report['configured_train_steps'] == 10
+  assert report['steps_this_run'] == 6
+  # The curve spans both executions; the exported weights are the best evaluated.
+  steps = [r['step'] for r in report['history']]
+  assert steps == [2, 4, 6, 8, 10]
+  losses = {r['step']: r['val_loss'] for r in report['history']}
+  best_step = min(losses, key=losses.get)
+  assert report['exported'] == {'weights': 'best', 'step': best_step,
+                                'eval_loss': pytest.approx(losses[best_step])}
+  assert len(report['best_checkpoints']) == 2
+  assert report['checkpoint_dir'].startswith(checkpoint_root)
+  latest = tf.train.latest_checkpoint(os.path.join(report['checkpoint_dir'], 'latest'))
+  assert latest.endswith('ckpt-10')
+  assert os.path.isfile(os.path.join(second['serving_model_dir'], 'saved_model.pb'))
+
+  # The exported variables are the best checkpoint's, not the last step's.
+  best = tf.train.load_checkpoint(os.path.join(report['checkpoint_dir'], 'best',
+                                               f'step-{best_step}'))
+  exported = tf.saved_model.load(second['serving_model_dir'])
+  np.testing.assert_allclose(exported.model_variables[0].numpy(),
+                             best.get_tensor('weights/0/.ATTRIBUTES/VARIABLE_VALUE'))
+
+  # Run again, finished: nothing to train, same export; a changed run starts afresh.
+  third = _fn_args_kwargs(root, tmp_path / 'third', checkpoint_dir=checkpoint_root,
+                          checkpoint_every=2, keep_best=2, early_stopping_patience=1)
+  training.run_fn(_fn_args(**third))
+  assert _report(third)['steps_this_run'] == 0
+  assert _report(third)['exported']['step'] == best_step
+  other = _fn_args_kwargs(root, tmp_path / 'other', train_steps=2,
+                          checkpoint_dir=checkpoint_root)
+  training.run_fn(_fn_args(**other))
+  assert _report(other)['resumed_from_step'] is None
+  assert _report(other)['checkpoint_dir'] != report['checkpoint_dir']
+
+
+def test_non_finite_loss_stops_with_magenta_advice(transformed, tmp_path):  # noqa: F811
+  root, _ = transformed
+  kwargs = _fn_args_kwargs(root, tmp_path, train_steps=6,
+                           checkpoint_dir=str(tmp_path / 'checkpoints'))
+  kwargs['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e10}
+  with pytest.raises(training.DivergenceError,
+                     match=r'(?s)diverged: the loss is nan at step 2 of 6.*lower learning_rate '
+                     r'\(now 1e\+10; try 1e\+09\).*lower clip_norm.*smaller rnn_layer_sizes'):
+    training.run_fn(_fn_args(**kwargs))
+  assert not os.path.exists(os.path.join(kwargs['serving_model_dir'], 'saved_model.pb'))
+
+
+def test_warm_start_copies_weights_and_rejects_other_shapes(transformed, tmp_path):  # noqa: F811
+  root, _ = transformed
+  base = _fn_args_kwargs(root, tmp_path / 'base', train_steps=2)
+  training.run_fn(_fn_args(**base))
+  base_export = base['serving_model_dir']
+
+  # Fine-tune with a negligible learning rate: the result is still the base model.
+  tuned = _fn_args_kwargs(root, tmp_path / 'tuned', train_steps=1, base_model=base_export)
+  tuned['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e-12}
+  training.run_fn(_fn_args(**tuned))
+  assert _report(tuned)['warm_start_from'] == base_export
+  before = tf.saved_model.load(base_export).model_variables
+  after = tf.saved_model.load(tuned['serving_model_dir']).model_variables
+  trainable = len(list(v for v in before if v.trainable))
+  for b, a in zip(before[:trainable], after[:trainable]):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+
+  # A TFX Trainer Model artifact (export under Format-Serving/) is found too.
+  wrong = _fn_args_kwargs(root, tmp_path / 'wrong', train_steps=1,
+                          base_model=os.path.join(base_export, 'Format-Serving'))
+  wrong['custom_config']['hparams'] = {**HPARAMS, 'rnn_layer_sizes': [8, 8]}
+  with pytest.raises(ValueError, match=r'Cannot warm-start from .*weights differ in shape.*'
+                                       r'same rnn_layer_sizes and attn_length'):
+    training.run_fn(_fn_args(**wrong))
+
+
+_TWO_REPLICAS = '''
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from music_rnn import training
+from tfx import v1 as tfx
+kwargs = json.loads(sys.argv[1])
+try:  # a global batch of 5 cannot be split over 2 replicas
+  training.run_fn(tfx.components.FnArgs(**{**kwargs, 'custom_config': {
+      **kwargs['custom_config'], 'global_batch_size': 5}}))
+  print('no error')
+except ValueError as e:
+  print(json.dumps({'error': str(e)}))
+training.run_fn(tfx.components.FnArgs(**kwargs))
+'''
+
+
+def test_two_replicas_with_mixed_precision(transformed, tmp_path):  # noqa: F811
+  root, _ = transformed
+  kwargs = _fn_args_kwargs(root, tmp_path, train_steps=4, replicas=2, global_batch_size=4,
+                           mixed_precision='auto')
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run([sys.executable, '-c', _TWO_REPLICAS, json.dumps(kwargs)], env=env,
+                        cwd=REPO, capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  error = json.loads(proc.stdout.strip().splitlines()[0])['error']
+  assert 'Global batch size 5 does not divide over 2 replicas' in error
+  report = _report(kwargs)
+  assert report['num_replicas'] == 2
+  assert report['per_replica_batch_size'] == 2 and report['global_batch_size'] == 4
+  assert report['mixed_precision'] == 'mixed_bfloat16'
+  assert report['train_steps'] == 4
+  assert report['eval']['loss'] > 0 and np.isfinite(report['eval']['loss'])
+
+
+# --- The pipeline. --------------------------------------------------------------
+
+
+def test_fast_dev_run_pushes_a_few_batches_through_every_component(tmp_path, capsys):
+  from music_rnn import cli
+  data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 6)
+  start = time.time()
+  code = cli.main(['run', '--config', 'drum_kit', '--data', data, '--fast-dev-run',
+                   '--hparams', 'rnn_layer_sizes=[16],attn_length=2',
+                   '--output-root', str(tmp_path / 'out')])
+  out = capsys.readouterr().out
+  assert code == 0, out
+  assert 'pipeline music-rnn-drum-kit-fast-dev-run finished' in out
+  for component in ('NoteSequenceExampleGen', 'Transform', 'Trainer', 'Pusher'):
+    assert f'{component}' in out
+  assert 'CACHED' not in out and 'FAILED' not in out
+  assert 'training:       3 steps' in out
+  # Pushed under the output root, never to the real serving dir.
+  pushed = os.path.join(str(tmp_path / 'out'), 'fast-dev-run', 'serving', 'drum_kit')
+  assert os.listdir(pushed), out
+  print(f'fast-dev-run pipeline: {time.time() - start:.0f}s')
