@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # 2 cores). Override for Magenta's defaults, e.g. `make run RUN_ARGS='--train-steps 20000'`.
 RUN_ARGS ?= --train-steps 100 --batch-size 32 --hparams 'rnn_layer_sizes=[64,64]'
 
-.PHONY: venv data data-full run test oracle benchmarks clean
+.PHONY: venv data data-full run test oracle benchmarks clean airflow-venv kubeflow-spec image
 
 venv: $(STAMP)
 
@@ -48,7 +48,36 @@ run: data
 	$(BIN)/music-rnn run --config drum_kit $(RUN_ARGS)
 	$(BIN)/music-rnn run --config attention_rnn $(RUN_ARGS)
 
-test: data oracle
+# Airflow 2.10 needs Werkzeug < 3, the main lock has 3.1: .venv-airflow holds only Airflow's
+# packages (its lock, --no-deps) and reaches everything else (TFX, this package) through a
+# .pth that adds .venv's site-packages after its own. See airflow/README.md.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_LOCK := requirements/airflow-2.10-py311.lock
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed
+$(AIRFLOW_STAMP): $(STAMP) $(AIRFLOW_LOCK)
+	rm -rf $(AIRFLOW_VENV)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	echo "import site; site.addsitedir('$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(AIRFLOW_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_music_rnn_main_venv.pth"
+	$(AIRFLOW_VENV)/bin/pip install -q --no-deps -r $(AIRFLOW_LOCK)
+	$(AIRFLOW_VENV)/bin/pip check | grep -v 'tensorflow-hub' | grep . && exit 1 || true
+	touch $(AIRFLOW_STAMP)
+
+airflow-venv: $(AIRFLOW_STAMP)
+
+# Kubeflow: compile both specs (no cluster needed); build/push the image (needs Docker or gcloud).
+# make kubeflow-spec PIPELINE_ROOT=gs://B/music-rnn DATA_DRUMS=gs://B/drums DATA_MELODY=gs://B/melody IMAGE=...
+KUBEFLOW_OUT ?= build/kubeflow
+kubeflow-spec: $(STAMP)
+	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config drum_kit --pipeline-root $(PIPELINE_ROOT) \
+	  --data $(DATA_DRUMS) --image $(IMAGE) --output $(KUBEFLOW_OUT)/drum_kit.json $(KUBEFLOW_ARGS)
+	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config attention_rnn --pipeline-root $(PIPELINE_ROOT) \
+	  --data $(DATA_MELODY) --image $(IMAGE) --output $(KUBEFLOW_OUT)/attention_rnn.json $(KUBEFLOW_ARGS)
+
+image:
+	kubeflow/build_image.sh $(IMAGE) $(IMAGE_ARGS)
+
+test: data oracle airflow-venv
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
 
 benchmarks: data

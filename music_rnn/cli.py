@@ -1,4 +1,5 @@
-"""`music-rnn`: convert MIDI to NoteSequences, extract events, run the TFX pipeline."""
+"""`music-rnn`: convert MIDI to NoteSequences, extract events, run the TFX pipeline,
+generate music from a pushed model."""
 
 import argparse
 import json
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                  'N GPUs, or on a CPU-only machine N logical CPU devices.')
   r.add_argument('--global-batch-size', type=_positive_int, help='Batch over all replicas '
                  '(must divide by --replicas); instead of the per-replica --batch-size.')
+  _add_generate_parser(sub)
   return parser
 
 
@@ -198,11 +200,88 @@ def _cmd_run(args) -> int:
   return 0
 
 
+def _positive_float(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f'expected a number > 0, got {text!r}') from None
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f'expected a number > 0, got {value}')
+  return value
+
+
+def _add_generate_parser(sub) -> None:
+  p = sub.add_parser('generate', help='Generate MIDI (and piano-roll PNGs) from a pushed model.')
+  which = p.add_mutually_exclusive_group()
+  which.add_argument('--config', choices=sorted(configs.CONFIGS),
+                     help="Use the config's newest pushed model (serving/models/<config>/).")
+  which.add_argument('--model-dir', help='An exported SavedModel directory.')
+  p.add_argument('--serving-dir', help='Where pushed models are (default serving/models).')
+  p.add_argument('--output-dir', required=True, help='Where the .mid and .png files go.')
+  p.add_argument('--num-outputs', type=_positive_int, default=10)
+  p.add_argument('--num-steps', type=_positive_int, default=128,
+                 help="Total length in steps, primer included (Magenta's meaning).")
+  p.add_argument('--temperature', type=_positive_float, default=1.0)
+  p.add_argument('--seed', type=int, help='Same seed, same music (default: random, printed).')
+  primer = p.add_mutually_exclusive_group()
+  primer.add_argument('--primer-midi', help='A MIDI file to continue.')
+  primer.add_argument('--primer-drums', help='Drums, e.g. "[(36, 42), (), (42,)]" '
+                      '(default: one bass drum hit).')
+  primer.add_argument('--primer-melody', help='A melody, e.g. "[60, -2, 60, -2, 67, -2, 67, '
+                      '-2]" (-2 no event, -1 note off; default: one middle C).')
+  p.add_argument('--qpm', type=_positive_float,
+                 help='Tempo of the output (default: the primer MIDI\'s, else 120).')
+  p.add_argument('--beam-size', type=_positive_int, default=1)
+  p.add_argument('--branch-factor', type=_positive_int, default=1)
+  p.add_argument('--steps-per-iteration', type=_positive_int, default=1)
+
+
+def _cmd_generate(args) -> int:
+  import random  # pylint: disable=g-import-not-at-top
+  import tqdm  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
+  if args.model_dir:
+    path = args.model_dir
+  elif args.config:
+    path = client.latest_model_dir(args.config, args.serving_dir or client.DEFAULT_MODELS_DIR)
+  else:
+    raise ValueError('give --config (its newest pushed model) or --model-dir')
+  model = client.Model(path)
+  if (args.primer_drums and not model.is_drums) or (args.primer_melody and model.is_drums):
+    kind, flag = ('drums', '--primer-drums') if model.is_drums else ('melody', '--primer-melody')
+    raise ValueError(f'{model.name} is a {kind} model: use {flag} or --primer-midi')
+  qpm = None
+  if args.primer_midi:
+    primer, qpm = client.primer_from_midi(args.primer_midi, model)
+  elif model.is_drums:
+    primer = client.parse_drum_primer(args.primer_drums or '[(36,)]')
+  else:
+    primer = client.parse_melody_primer(args.primer_melody or '[60]')
+  qpm = args.qpm or qpm or client.DEFAULT_QPM
+  if len(primer) >= args.num_steps:
+    raise ValueError(f'the primer is {len(primer)} steps; --num-steps (the total length, '
+                     'primer included) must be larger')
+  seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+  print(f'{model.name} model {path}')
+  print(f'seed {seed}, primer {len(primer)} steps, {args.num_steps - len(primer)} to '
+        f'generate, {args.num_outputs} outputs')
+  with tqdm.tqdm(total=args.num_steps - len(primer), unit='step', desc='generating') as bar:
+    generated = model.generate(
+        primer, args.num_steps - len(primer), num_outputs=args.num_outputs,
+        temperature=args.temperature, seed=seed, beam_size=args.beam_size,
+        branch_factor=args.branch_factor, steps_per_iteration=args.steps_per_iteration,
+        progress=bar.update)
+  paths = client.write_outputs(model, generated, args.output_dir, qpm)
+  print(f'wrote {len(paths)} MIDI files and piano rolls to {args.output_dir}, e.g.\n'
+        f'  {paths[0][0]}\n  {paths[0][1]}')
+  return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
   args = build_parser().parse_args(argv)
   try:
-    return {'convert': _cmd_convert, 'extract': _cmd_extract, 'run': _cmd_run}[args.command](
-        args)
+    return {'convert': _cmd_convert, 'extract': _cmd_extract, 'run': _cmd_run,
+            'generate': _cmd_generate}[args.command](args)
   except (ValueError, FileNotFoundError) as e:
     print(f'music-rnn {args.command}: error: {e}', file=sys.stderr)
     return 2

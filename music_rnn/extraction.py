@@ -135,9 +135,20 @@ def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.Mod
                       stats: collections.Counter) -> List[ExtractedSequence]:
   """All drum tracks or melodies (per `config.kind`) Magenta would extract from a piece.
 
-  Never raises on bad musical input; the module docstring lists the stat names.
+  Never raises on bad musical input; the module docstring lists the stat names. Any
+  error not foreseen there drops the piece under 'extraction_failed' (logged with its
+  traceback) rather than stopping a job over one odd file.
   """
   stats['sequences_processed'] += 1
+  try:
+    return _extract_sequences(note_sequence, config, stats)
+  except Exception:  # pylint: disable=broad-except; one bad piece must not stop a corpus
+    logging.exception('Skipped %s: extraction failed', source_id_of(note_sequence))
+    stats['extraction_failed'] += 1
+    return []
+
+
+def _extract_sequences(note_sequence, config, stats):
   source_id = source_id_of(note_sequence)
   if not note_sequence.notes:
     stats['sequences_empty'] += 1
@@ -168,6 +179,10 @@ def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.Mod
       stats['skipped_due_to_range_exceeded'] += 1
       continue
     steps_per_bar_float = sequences_lib.steps_per_bar_in_quantized_sequence(quantized)
+    if steps_per_bar_float <= 0 and (drums or quantized.notes):
+      # A negative numerator passes note_seq's checks; Magenta then loops forever.
+      stats['sequences_discarded_because_bad_time_signature'] += 1
+      continue
     # Drum extraction checks the bar length unconditionally; melody extraction only
     # once it looks at a track, i.e. when the segment has notes.
     if steps_per_bar_float % 1 != 0 and (drums or quantized.notes):
@@ -219,6 +234,7 @@ def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorCo
   """Magenta's extract_drum_tracks (search_start_step 0, no pad_end, is_drum only).
 
   Returns (start_step, events) pairs; events are tuples of sorted pitches per step.
+  Only the first max_steps events are ever stored (see _melody_from_notes).
   """
   pitches_at = collections.defaultdict(set)
   for note in quantized.notes:
@@ -227,6 +243,7 @@ def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorCo
   onsets = sorted(pitches_at)
   gap_steps = ext.gap_bars * steps_per_bar
   min_steps = steps_per_bar * ext.min_bars
+  cap = ext.max_steps
   tracks = []
   search_start_step = 0
   while True:
@@ -235,25 +252,29 @@ def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorCo
     if first == len(onsets):
       break  # an empty track ends the search
     track_start = onsets[first] - (onsets[first] - search_start_step) % steps_per_bar
-    events = []
+    events = []  # the first `cap` steps of the track
+    length = 0  # the track's length in steps
     gap_start = 0
     for j in range(first, len(onsets)):
       onset = onsets[j]
       index = onset - track_start
-      if events and index - gap_start >= gap_steps:
+      if length and index - gap_start >= gap_steps:
         break
-      events.extend([()] * (index + 1 - len(events)))
-      events[index] = tuple(sorted(pitches_at[onset]))
+      length = index + 1  # onsets ascend
+      if cap is None or index < cap:
+        events.extend([()] * (index + 1 - len(events)))
+        events[index] = tuple(sorted(pitches_at[onset]))
       gap_start = index + 1
-    end_step = track_start + len(events)
+    end_step = track_start + length
     # The next search starts at the first bar boundary at or after this track's end.
     search_start_step = end_step + (search_start_step - end_step) % steps_per_bar
 
-    if len(events) < min_steps:
+    if length < min_steps:
       stats['drum_tracks_discarded_too_short'] += 1
       continue
-    if ext.max_steps is not None and len(events) > ext.max_steps:
-      del events[ext.max_steps:]
+    stored = length if cap is None else min(length, cap)
+    events.extend([()] * (stored - len(events)))  # silent steps up to the end
+    if ext.max_steps is not None and length > ext.max_steps:
       stats['drum_tracks_truncated'] += 1
     tracks.append((track_start, events))
   return tracks
@@ -279,22 +300,21 @@ def _extract_melodies(quantized, steps_per_bar: int, ext: configs.ExtractorConfi
     search_start_step = 0
     while True:
       try:
-        melody_start, events = _melody_from_notes(
+        melody_start, events, length = _melody_from_notes(
             notes, onsets, search_start_step, steps_per_bar, ext)
       except _PolyphonyFound:
         stats['polyphonic_tracks_discarded'] += 1
         break  # Magenta gives up on the rest of this instrument
-      if not events:
+      if not length:
         break
-      end_step = melody_start + len(events)
+      end_step = melody_start + length
       search_start_step = end_step + (0 - end_step) % steps_per_bar
 
-      if len(events) < min_steps:
+      if length < min_steps:
         stats['melodies_discarded_too_short'] += 1
         continue
-      if ext.max_steps is not None and len(events) > ext.max_steps:
-        del events[ext.max_steps:]
-        stats['melodies_truncated'] += 1
+      if ext.max_steps is not None and length > ext.max_steps:
+        stats['melodies_truncated'] += 1  # `events` holds only the first max_steps
       pitch_classes = {e % configs.NOTES_PER_OCTAVE for e in events if e >= _MIN_MIDI_PITCH}
       if len(pitch_classes) < ext.min_unique_pitches:
         stats['melodies_discarded_too_few_pitches'] += 1
@@ -310,17 +330,21 @@ class _PolyphonyFound(Exception):
 def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
   """Melody.from_quantized_sequence on one instrument's sorted notes.
 
-  Returns (start_step, events) with the final note-off stripped; events is empty
-  when no note was found.
+  Returns (start_step, events, length): the melody's length in steps with the final
+  note-off stripped (0 when no note was found), and its first min(length, max_steps)
+  events. Steps past max_steps, which are truncated anyway, are never stored, so a
+  note lasting billions of steps (a corrupt time or tempo) costs no memory.
   """
   first = bisect.bisect_left(onsets, search_start_step)
   if first == len(notes):
-    return 0, []
+    return 0, [], 0
   # The melody starts on the bar of the first note at or after the search start,
   # counting drum and silent notes too (Magenta filters them only afterwards).
   melody_start = onsets[first] - (onsets[first] - search_start_step) % steps_per_bar
   gap_steps = ext.gap_bars * steps_per_bar
-  events = []
+  cap = ext.max_steps
+  events = []  # the first `cap` events
+  length = 0
   last_on = last_off = 0
   for i in range(first, len(notes)):
     start, neg_pitch, _, end, is_drum, velocity = notes[i]
@@ -328,7 +352,7 @@ def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
       continue
     start_index = start - melody_start
     end_index = end - melody_start
-    if events:
+    if length:
       if start_index <= last_on:
         if start_index == last_on and ext.ignore_polyphonic_notes:
           continue  # keep the highest pitch, which came first
@@ -337,19 +361,26 @@ def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
         break
     if start_index >= end_index:
       raise _BadNoteError(f'note ends before it starts: steps {start}..{end}')
-    # Melody._add_note: the new note cuts off whatever was after its start.
-    if end_index + 1 > len(events):
-      events.extend([configs.MELODY_NO_EVENT] * (end_index + 1 - len(events)))
+    # Melody._add_note: the new note cuts off whatever was after its start, so the
+    # melody now ends with this note's NOTE_OFF.
+    length = end_index + 1
+    stored = length if cap is None else min(length, cap)
+    if stored > len(events):
+      events.extend([configs.MELODY_NO_EVENT] * (stored - len(events)))
     else:
-      del events[end_index + 1:]
-    events[start_index] = -neg_pitch
-    events[start_index + 1:end_index] = [configs.MELODY_NO_EVENT] * (
-        end_index - start_index - 1)
-    events[end_index] = configs.MELODY_NOTE_OFF
+      del events[stored:]
+    if start_index < stored:
+      events[start_index] = -neg_pitch
+      hold_end = min(end_index, stored)
+      events[start_index + 1:hold_end] = [configs.MELODY_NO_EVENT] * (
+          hold_end - start_index - 1)
+    if end_index < stored:
+      events[end_index] = configs.MELODY_NOTE_OFF
     last_on, last_off = start_index, end_index
-  if events:
-    del events[-1]  # the final NOTE_OFF is stripped
-  return melody_start, events
+  if length:
+    length -= 1  # the final NOTE_OFF is stripped
+    del events[length:]
+  return melody_start, events, length
 
 
 # ---------------------------------------------------------------------------------

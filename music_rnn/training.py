@@ -20,7 +20,8 @@ custom_config (only 'config_name' is required):
   'early_stopping_patience': evaluations without a lower eval loss before stopping
   'mixed_precision': 'auto' (mixed_float16 on GPU, mixed_bfloat16 on CPU),
       'mixed_float16', 'mixed_bfloat16', or off (default)
-  'fast_dev_run': bool, recorded in metrics.json (the pipeline shrinks the steps)
+  'fast_dev_run': bool: sequences cropped to FAST_DEV_RUN_MAX_STEPS, checkpoints kept in
+      the execution (never resumed); the pipeline shrinks the steps and batch
 Hyperparameters from a Tuner (fn_args.hyperparameters, a keras-tuner config dict)
 override custom_config['hparams'], which override the config's defaults.
 fn_args.base_model (the Trainer's base_model channel): warm start from that export.
@@ -47,6 +48,7 @@ from music_rnn import model as model_lib
 
 DEFAULT_SEED = 0
 DEFAULT_NUM_EVALS = 10
+FAST_DEV_RUN_MAX_STEPS = 64  # fast-dev-run crops sequences (drums run to 512 steps)
 MIXED_PRECISION_POLICIES = ('mixed_float16', 'mixed_bfloat16')
 # custom_config keys beyond config_name/hparams/seed/checkpoint_dir (module docstring).
 TRAINER_OPTIONS = ('num_evals', 'devices', 'replicas', 'global_batch_size', 'data_fingerprint',
@@ -157,14 +159,14 @@ def has_sequences(file_patterns: Sequence[str],
 
 def make_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
                  config: configs.ModelConfig, global_batch_size: int, *, training: bool,
-                 seed: int = DEFAULT_SEED) -> tf.data.Dataset:
+                 seed: int = DEFAULT_SEED, max_steps: Optional[int] = None) -> tf.data.Dataset:
   """Transformed gzipped TFRecords -> ({'inputs', 'lengths'}, labels) padded batches.
 
   The model sees inputs[:length-1], aligned with labels[i] = event i+1; sequences
   with fewer than 2 steps (nothing to predict) are dropped. `global_batch_size`
   is the batch over all replicas; the distribution strategy splits it.
   Training: shuffled with `seed`, repeated forever. Eval: one pass, in order,
-  every batch padded to the full size.
+  every batch padded to the full size. `max_steps` crops every sequence (fast-dev-run).
   """
   input_size = config.input_size
   # Serialized drum examples are up to ~1 MB (512 steps x 518 floats): bound memory.
@@ -172,6 +174,10 @@ def make_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransf
   ds = _sequences(file_patterns, tf_transform_output, input_size, shuffle_buffer, seed)
   ds = ds.map(lambda inputs, labels, length: (
       {model_lib.INPUTS: inputs[:length - 1], model_lib.LENGTHS: length - 1}, labels))
+  if max_steps:
+    ds = ds.map(lambda x, labels: (
+        {model_lib.INPUTS: x[model_lib.INPUTS][:max_steps],
+         model_lib.LENGTHS: tf.minimum(x[model_lib.LENGTHS], max_steps)}, labels[:max_steps]))
   if training:
     ds = ds.repeat()
   ds = ds.padded_batch(
@@ -579,9 +585,10 @@ def run_fn(fn_args) -> None:
     eval_status = 'ok' if has_eval else 'empty: the eval split has no sequence with >= 2 steps'
   except FileNotFoundError as e:
     has_eval, eval_status = False, f'empty: {e}'
+  max_steps = FAST_DEV_RUN_MAX_STEPS if custom_config.get('fast_dev_run') else None
   if has_eval:
     eval_ds = make_dataset(fn_args.eval_files, tf_transform_output, config, global_batch,
-                           training=False)
+                           training=False, max_steps=max_steps)
     if eval_steps:
       eval_ds = eval_ds.take(eval_steps)
   else:
@@ -608,7 +615,7 @@ def run_fn(fn_args) -> None:
   run_key = checkpointing.fingerprint(spec)
   root = custom_config.get('checkpoint_dir')
   if custom_config.get('fast_dev_run'):
-    root = None  # a smoke test: never resumed, never leaves state behind
+    root = None  # a smoke test: never resumed
   if not root:
     root = os.path.join(fn_args.model_run_dir, 'checkpoints')
     logging.warning("No stable checkpoint_dir: checkpoints go to this execution's %s, "
@@ -656,7 +663,7 @@ def run_fn(fn_args) -> None:
     if start_step < train_steps and not stopped:
       # A resumed run draws a fresh shuffle rather than replaying the first batches.
       train_ds = make_dataset(fn_args.train_files, tf_transform_output, config, global_batch,
-                              training=True, seed=seed + start_step)
+                              training=True, seed=seed + start_step, max_steps=max_steps)
       callbacks = [_NanGuard(message), _StepLimit(train_steps), recorder,
                    _Checkpointing(ckpt, recorder, checkpoint_every, patience, message)]
       model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -670,7 +677,8 @@ def run_fn(fn_args) -> None:
     # many train batches.
     eval_metrics = model.evaluate(eval_ds, return_dict=True, verbose=0) if has_eval else None
     train_sample = make_dataset(fn_args.train_files, tf_transform_output, config,
-                                global_batch, training=False).take(eval_steps or 10)
+                                global_batch, training=False,
+                                max_steps=max_steps).take(eval_steps or 10)
     train_metrics = model.evaluate(train_sample, return_dict=True, verbose=0)
   stopped_at = int(ckpt.state.stopped_at.numpy())
   report = {

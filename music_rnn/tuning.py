@@ -426,7 +426,8 @@ def best_summary(rows: List[Dict[str, Any]], kind: str = '') -> str:
   if not done:
     return f'No completed trial out of {len(rows)}.'
   best = done[0]
-  hparams = ' '.join(f'{k}={best[k]}' for k in SEARCHABLE if k in best)
+  hparams = ' '.join(f'{k}={best[k]:.3g}' if isinstance(best[k], float) else f'{k}={best[k]}'
+                     for k in SEARCHABLE if k in best)
   line = (f'Best of {len(done)} completed trial(s){f" ({kind})" if kind else ""}: trial '
           f'{best["trial_id"]}, eval loss {best["eval_loss"]:.4f}')
   extras = [f'{name} {best[key]:.4f}' for name, key in (
@@ -539,11 +540,11 @@ def read_best_hyperparameters(uri: str) -> Tuple[str, Dict[str, Any]]:
   if not tf.io.gfile.exists(uri):
     raise FileNotFoundError(f'--hyperparameters: {uri} does not exist')
   directory = uri if tf.io.gfile.isdir(uri) else os.path.dirname(uri)
-  files = [f for f in tf.io.gfile.listdir(directory) if not f.endswith('/')]
-  if len(files) != 1:
+  entries = tf.io.gfile.listdir(directory)
+  path = os.path.join(directory, entries[0]) if len(entries) == 1 else None
+  if path is None or tf.io.gfile.isdir(path):
     raise ValueError(f"--hyperparameters: {directory} must hold exactly one file (a Tuner's "
-                     f'best_hyperparameters output), found {sorted(files)}')
-  path = os.path.join(directory, files[0])
+                     f'best_hyperparameters output), found {sorted(entries)}')
   with tf.io.gfile.GFile(path) as f:
     try:
       config = json.loads(f.read())

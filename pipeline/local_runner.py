@@ -96,7 +96,10 @@ def run(model_config: str,
     if 'batch_size' not in (hparams or {}) and not global_batch_size:
       hparams = {**(hparams or {}), 'batch_size': min(config.hparams.batch_size,
                                                       configs.FAST_DEV_RUN_BATCH_SIZE)}
-    trainer_options.update(fast_dev_run=True, num_evals=1, early_stopping_patience=None)
+    trainer_options.update(fast_dev_run=True, num_evals=1, early_stopping_patience=None,
+                           checkpoint_every=None)
+    # With --tune: two trials as short as the training, enough to check the wiring.
+    trial_steps, max_trials = train_steps, min(max_trials, 2)
     if serving_models_dir == configs.SERVING_MODELS_DIR:
       serving_models_dir = os.path.join(output_root, 'fast-dev-run', 'serving')
   trainer_options = {k: v for k, v in trainer_options.items() if v is not None}

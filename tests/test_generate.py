@@ -197,3 +197,205 @@ def test_bad_arguments_fail_clearly(name):
   for override, message in cases:
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
       gen.generate(**{**ok, **override})
+
+
+# --- A real pipeline's export. ------------------------------------------------------
+# One tiny pipeline run per kind, shared by the tests below (a few minutes in all).
+
+TINY = {
+    'drum_kit': dict(slice=('drums', 6), hparams={'rnn_layer_sizes': [16, 16],
+                                                    'attn_length': 4, 'batch_size': 4}),
+    'attention_rnn': dict(slice=('melody', 30), hparams={'rnn_layer_sizes': [16, 16],
+                                                          'attn_length': 4, 'batch_size': 8}),
+}
+DRUM_PRIMER = [[5, 0, 4, 0, 511, 0, 1]]  # class indices: kick+hat, -, hat, -, all, -, kick
+MELODY_PRIMER = [[60, -2, 60, -2, 67, -2, 67, -2], [98, -2, 100, -1, 102, -2, 105, -2]]
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  """{config name: pushed SavedModel dir} from real (tiny) pipeline runs."""
+  from pipeline import local_runner  # pylint: disable=g-import-not-at-top
+  from tests.conftest import bundled, write_slice_with_eval  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('pipelines')
+  dirs = {}
+  for name, spec in TINY.items():
+    kind, n = spec['slice']
+    data = write_slice_with_eval(bundled(kind), str(root / 'data' / f'{kind}.tfrecord'), n)
+    summary = local_runner.run(
+        model_config=name, data=data, train_steps=2, eval_steps=1, hparams=spec['hparams'],
+        seed=3, output_root=str(root / 'out'), serving_models_dir=str(root / 'serving'))
+    assert summary.pushed_model, summary
+    dirs[name] = summary.pushed_model
+  return dirs
+
+
+FRESH_PROCESS_CHECKS = '''
+import json, sys
+import numpy as np
+import tensorflow as tf
+results = {}
+for name, (path, primer, bad_event) in json.loads(sys.argv[1]).items():
+  gen = tf.saved_model.load(path).signatures['generate']
+  def call(primer=primer, num_steps=40, temperature=1.0, seed=7):
+    return gen(primer=tf.constant(primer, tf.int64), num_steps=tf.constant(num_steps),
+               temperature=tf.constant(temperature), seed=tf.constant(seed, tf.int64))
+  out = call()
+  errors = {}
+  for case, kwargs in {'empty': dict(primer=np.zeros([1, 0], np.int64)),
+                       'out_of_range': dict(primer=[[0, bad_event, 0]]),
+                       'num_steps': dict(num_steps=0),
+                       'temperature': dict(temperature=0.0)}.items():
+    try:
+      call(**kwargs)
+      errors[case] = None
+    except tf.errors.InvalidArgumentError as e:
+      errors[case] = str(e)
+  results[name] = dict(
+      events=out['events'].numpy().tolist(),
+      log_likelihood=out['log_likelihood'].numpy().tolist(),
+      again=call()['events'].numpy().tolist(),
+      other_seed=call(seed=8)['events'].numpy().tolist(),
+      errors=errors,
+      project=[m for m in sys.modules if m.split('.')[0] in ('music_rnn', 'serving', 'pipeline')])
+print(json.dumps(results))
+'''
+
+
+def test_generate_signature_in_a_fresh_process(exported):
+  from tests.conftest import run_fresh_python  # pylint: disable=g-import-not-at-top
+  request = {'drum_kit': (exported['drum_kit'], DRUM_PRIMER, 512),
+             'attention_rnn': (exported['attention_rnn'], MELODY_PRIMER, 128)}
+  proc = run_fresh_python(f'import sys; sys.argv[1:] = [{json.dumps(request)!r}]\n' +
+                          FRESH_PROCESS_CHECKS, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  for name, primer in (('drum_kit', DRUM_PRIMER), ('attention_rnn', MELODY_PRIMER)):
+    got = results[name]
+    assert got['project'] == []
+    events = np.array(got['events'])
+    assert events.shape == (len(primer), len(primer[0]) + 40)
+    np.testing.assert_array_equal(events[:, :len(primer[0])], primer)  # primer kept as is
+    new = events[:, len(primer[0]):]
+    if name == 'drum_kit':
+      assert new.min() >= 0 and new.max() <= 511
+    else:
+      assert set(new.ravel()) - set(range(-2, 128)) == set()
+      # Row 1's primer (D major, centred on 101.5) was squashed by -38 semitones into
+      # [48, 84): its continuation comes back up by 38, into [86, 122).
+      notes = new[1][new[1] >= 0]
+      assert notes.size and notes.min() >= 86 and notes.max() < 122, notes
+    assert np.all(np.array(got['log_likelihood']) < 0)
+    assert got['again'] == got['events']  # same seed, same events
+    assert got['other_seed'] != got['events']
+    errors = got['errors']
+    assert 'generate: primer must have at least one event' in errors['empty']
+    assert 'generate: primer must hold' in errors['out_of_range']
+    assert 'num_steps must be >= 1; got 0' in errors['num_steps']
+    assert 'temperature must be > 0; got 0' in errors['temperature']
+
+
+def _drum_log_likelihood_by_serving(model, events, start):
+  """log P(events[start:] | events[:start]) from the `serving_default` probabilities."""
+  from music_rnn import events as events_lib  # pylint: disable=g-import-not-at-top
+  from music_rnn import extraction  # pylint: disable=g-import-not-at-top
+  seq = extraction.ExtractedSequence(
+      source_id='x', track_index=0, start_step=0, steps_per_bar=16, steps_per_quarter=4,
+      qpm=120., events=events_lib.class_indices_to_drum_events(events))
+  example = extraction.to_tf_example(seq, configs.get_config('drum_kit')).SerializeToString()
+  probs = model.loaded.signatures['serving_default'](
+      examples=tf.constant([example]))['probabilities'].numpy()[0]
+  steps = np.arange(start - 1, len(events) - 1)
+  return float(np.log(probs[steps, np.asarray(events)[steps + 1]]).sum())
+
+
+def test_client_sampling_and_beam_search(exported):
+  from serving import client  # pylint: disable=g-import-not-at-top
+  model = client.Model(exported['drum_kit'])
+  primer = DRUM_PRIMER[0]
+  plain = model.generate(primer, 24, num_outputs=3, seed=11)
+  # Sampling in pieces (for the progress bar) is exactly the one-call signature.
+  one_call = model.loaded.signatures['generate'](
+      primer=tf.constant([primer] * 3, tf.int64), num_steps=tf.constant(24),
+      temperature=tf.constant(1.0), seed=tf.constant(11, tf.int64))
+  np.testing.assert_array_equal(plain.events, one_call['events'].numpy())
+  np.testing.assert_allclose(plain.log_likelihood, one_call['log_likelihood'].numpy(),
+                             rtol=1e-4)
+  # The reported log-likelihood is the model's: serving_default agrees.
+  np.testing.assert_allclose(
+      _drum_log_likelihood_by_serving(model, plain.events[0], len(primer)),
+      plain.log_likelihood[0], rtol=1e-3)
+
+  beam = model.generate(primer, 24, seed=11, beam_size=3, branch_factor=2,
+                        steps_per_iteration=4)
+  assert beam.events.shape == (1, len(primer) + 24)
+  np.testing.assert_array_equal(beam.events[0, :len(primer)], primer)
+  by_model = [_drum_log_likelihood_by_serving(model, e[0], len(primer))
+              for e in (beam.events, plain.events)]
+  assert by_model[0] >= by_model[1] - 1e-3, by_model
+  np.testing.assert_allclose(by_model[0], beam.log_likelihood[0], rtol=1e-3)
+  # Beam size 1, branch factor 1 is plain sampling.
+  same = model.generate(primer, 24, seed=11, beam_size=1, branch_factor=1,
+                        steps_per_iteration=5)
+  np.testing.assert_array_equal(same.events[0], plain.events[0])
+
+
+def test_cli_writes_midi_and_piano_rolls(exported, tmp_path, capsys):
+  import note_seq  # pylint: disable=g-import-not-at-top
+  from music_rnn import cli  # pylint: disable=g-import-not-at-top
+  serving_dir = os.path.dirname(os.path.dirname(exported['drum_kit']))
+  out = tmp_path / 'drums'
+  assert cli.main(['generate', '--config', 'drum_kit', '--serving-dir', serving_dir,
+                   '--num-outputs', '2', '--num-steps', '32', '--seed', '1',
+                   '--primer-drums', '[(36, 42), (), (42,)]', '--output-dir', str(out)]) == 0
+  mids = sorted(out.glob('*.mid'))
+  assert len(mids) == 2 and len(list(out.glob('*.png'))) == 2
+  for mid in mids:
+    ns = note_seq.midi_file_to_note_sequence(str(mid))
+    assert abs(ns.total_time - 32 * 0.125) < 1e-6  # 32 steps at 120 qpm
+    first = {n.pitch for n in ns.notes if n.start_time < 0.01}
+    assert first == {36, 42} and all(n.is_drum for n in ns.notes)
+    assert note_seq.quantize_note_sequence(ns, 4).total_quantized_steps == 32
+
+  # A melody, primed from a MIDI file, with beam search.
+  from serving import client  # pylint: disable=g-import-not-at-top
+  primer = tmp_path / 'primer.mid'
+  client.write_midi(client.to_note_sequence([60, -2, 62, -2, 64, -1], False, qpm=90.),
+                    str(primer))
+  out = tmp_path / 'melody'
+  assert cli.main(['generate', '--model-dir', exported['attention_rnn'], '--num-outputs', '1',
+                   '--num-steps', '40', '--seed', '2', '--primer-midi', str(primer),
+                   '--beam-size', '2', '--branch-factor', '2', '--steps-per-iteration', '8',
+                   '--output-dir', str(out)]) == 0
+  (mid,) = out.glob('*.mid')
+  ns = note_seq.midi_file_to_note_sequence(str(mid))
+  assert ns.tempos[0].qpm == pytest.approx(90.)  # the primer's tempo, as Magenta
+  assert abs(ns.total_time - 40 * 60 / 90 / 4) < 1e-6
+  assert [n.pitch for n in sorted(ns.notes, key=lambda n: n.start_time)][:3] == [60, 62, 64]
+  assert (out / (mid.stem + '.png')).exists()
+
+  # Mistakes are one-line errors.
+  capsys.readouterr()
+  assert cli.main(['generate', '--model-dir', exported['drum_kit'], '--primer-melody', '[60]',
+                   '--output-dir', str(out)]) == 2
+  assert 'drum_kit is a drums model: use --primer-drums' in capsys.readouterr().err
+  assert cli.main(['generate', '--model-dir', exported['drum_kit'], '--num-steps', '2',
+                   '--primer-drums', '[(36,), (), ()]', '--output-dir', str(out)]) == 2
+  assert '--num-steps (the total length, primer included) must be larger' in (
+      capsys.readouterr().err)
+
+
+def test_latest_model_dir_is_the_newest_version(tmp_path):
+  from serving import client  # pylint: disable=g-import-not-at-top
+  for version in ('9', '10', '11x'):
+    (tmp_path / 'basic_rnn' / version).mkdir(parents=True)
+    (tmp_path / 'basic_rnn' / version / 'saved_model.pb').write_bytes(b'')
+  assert client.latest_model_dir('basic_rnn', str(tmp_path)).endswith('/basic_rnn/10')
+  with pytest.raises(FileNotFoundError, match='No pushed drum_kit model'):
+    client.latest_model_dir('drum_kit', str(tmp_path))
+  assert client.parse_drum_primer('[(36, 42), (), (42,)]') == [5, 0, 4]
+  assert client.parse_melody_primer('[60, -2, -1]') == [60, -2, -1]
+  with pytest.raises(ValueError, match='MIDI pitch 0..127'):
+    client.parse_melody_primer('[60, 200]')
+  with pytest.raises(ValueError, match='cannot parse'):
+    client.parse_drum_primer('[(36,')

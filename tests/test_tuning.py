@@ -296,3 +296,25 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
   assert sorted(out['trials']) == ['0', '1', '2', '3']
   assert all(t['status'] == 'COMPLETED' for t in out['trials'].values()), out
   assert out['trials']['3']['values']['tuner/trial_id'] in ('0', '1', '2')
+
+
+def test_cli_rejects_bad_tuning_flags(tmp_path, capsys):
+  from music_rnn import cli
+  out = ['--output-root', str(tmp_path / 'out')]
+  assert cli.main(['run', '--config', CONFIG, '--max-trials', '3'] + out) == 2
+  assert '--max-trials: need --tune' in capsys.readouterr().err
+  assert cli.main(['run', '--config', CONFIG, '--tune', '--tuner', 'grid'] + out) == 2
+  assert "Unknown tuner 'grid'" in capsys.readouterr().err
+  assert cli.main(['run', '--config', CONFIG, '--hyperparameters', str(tmp_path)] + out) == 2
+  assert 'exactly one file' in capsys.readouterr().err
+  (tmp_path / 'hp').mkdir()
+  (tmp_path / 'hp' / 'best_hyperparameters.txt').write_text(
+      json.dumps({'values': {'rnn_layer_sizes': '8', 'dropout_keep_prob': 2.0}}))
+  assert cli.main(['run', '--config', CONFIG, '--hyperparameters',
+                   str(tmp_path / 'hp')] + out) == 2
+  assert 'dropout_keep_prob' in capsys.readouterr().err
+  bad_space = tmp_path / 'space.yaml'
+  bad_space.write_text('rnn_layer_sizes: [[0]]\n')
+  assert cli.main(['run', '--config', CONFIG, '--tune', '--search-space', str(bad_space)]
+                  + out) == 2
+  assert 'rnn_layer_sizes' in capsys.readouterr().err

@@ -1,0 +1,362 @@
+"""Python client for pushed models: find and load one, prime it, generate, write MIDI + PNG.
+
+The SavedModel does the sampling (its `generate` / `prime` / `extend` signatures, see
+serving/README.md); this module adds what is not TensorFlow: Magenta's primer syntax and
+MIDI primers, beam search over `extend` calls, events -> NoteSequence -> MIDI (note_seq)
+and a piano-roll PNG (matplotlib, Agg).
+"""
+
+import ast
+import collections
+import dataclasses
+import datetime
+import json
+import math
+import os
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from music_rnn import configs
+from music_rnn import events as events_lib
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODELS_DIR = os.path.join(PROJECT_ROOT, 'serving', 'models')
+DEFAULT_QPM = 120.0  # note_seq.DEFAULT_QUARTERS_PER_MINUTE
+_VELOCITY = 100  # what Magenta's Melody / DrumTrack.to_sequence write
+_DRUM_PROGRAM_CHANNEL = 9
+_ALL_NOTES_OFF = 123  # MIDI CC marking the end, so the file is as long as the events
+
+Progress = Optional[Callable[[int], None]]  # called with the number of steps just done
+
+
+# --- Finding and loading models. -----------------------------------------------------
+
+
+def latest_model_dir(config_name: str, models_dir: str = DEFAULT_MODELS_DIR) -> str:
+  """The newest pushed version, <models_dir>/<config>/<version>/ (versions are integers)."""
+  configs.get_config(config_name)  # a clear error for unknown names
+  root = os.path.join(models_dir, config_name)
+  versions = []
+  if os.path.isdir(root):
+    versions = [int(v) for v in os.listdir(root) if v.isdigit() and
+                os.path.exists(os.path.join(root, v, 'saved_model.pb'))]
+  if not versions:
+    raise FileNotFoundError(
+        f'No pushed {config_name} model under {root}: run `music-rnn run --config '
+        f'{config_name}` first, or pass --model-dir')
+  return os.path.join(root, str(max(versions)))
+
+
+@dataclasses.dataclass
+class Generated:
+  """Generated sequences in Magenta's event values, primer first."""
+  events: np.ndarray  # int64 [num_outputs, length]
+  log_likelihood: np.ndarray  # float32 [num_outputs]: of the new events, at the temperature
+  primer_length: int
+
+
+class Model:
+  """A loaded export: its config and the generation signatures."""
+
+  def __init__(self, path: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    self._tf = tf
+    self.path = path
+    self.loaded = tf.saved_model.load(path)
+    missing = {'generate', 'prime', 'extend'} - set(self.loaded.signatures)
+    if missing:
+      raise ValueError(f'{path} has no {sorted(missing)} signature(s): it was exported '
+                       'before generation existed; re-run the pipeline with --no-cache')
+    self.config = json.loads(
+        self.loaded.signatures['model_config']()['config_json'].numpy().decode())
+
+  @property
+  def name(self) -> str:
+    return self.config['name']
+
+  @property
+  def is_drums(self) -> bool:
+    return self.config['kind'] == configs.DRUMS
+
+  @property
+  def steps_per_quarter(self) -> int:
+    return int(self.config['extractor']['steps_per_quarter'])
+
+  # --- Calling the signatures.
+
+  def _prime(self, primer: np.ndarray):
+    out = self.loaded.signatures['prime'](primer=self._tf.constant(primer, self._tf.int64))
+    return out['events'].numpy(), out['state'].numpy(), out['transpose_amount'].numpy()
+
+  def _extend(self, events, state, num_steps, temperature, seed):
+    tf = self._tf
+    out = self.loaded.signatures['extend'](
+        events=tf.constant(events, tf.int64), state=tf.constant(state, tf.float32),
+        num_steps=tf.constant(num_steps, tf.int32),
+        temperature=tf.constant(temperature, tf.float32), seed=tf.constant(seed, tf.int64))
+    return out['events'].numpy(), out['state'].numpy(), out['log_likelihood'].numpy()
+
+  def _to_user_space(self, events, amount, primer):
+    """Transposes the continuation back (Melody.transpose(-amount), folded into 0..127)
+    and puts the caller's primer in front."""
+    new = events[:, primer.shape[1]:]
+    if not self.is_drums:
+      shifted = new - amount[:, None]
+      folded = np.where(shifted < 0, shifted % 12,
+                        np.where(shifted > 127, 116 + (shifted - 128) % 12, shifted))
+      new = np.where(new >= 0, folded, new)
+    return np.concatenate([np.broadcast_to(primer, (len(new), primer.shape[1])), new], 1)
+
+  def generate(self, primer: Sequence[int], num_steps: int, *, num_outputs: int = 1,
+               temperature: float = 1.0, seed: int = 0, beam_size: int = 1,
+               branch_factor: int = 1, steps_per_iteration: int = 1,
+               progress: Progress = None) -> Generated:
+    """Continues `primer` by `num_steps` events, `num_outputs` times.
+
+    Plain sampling (beam_size = branch_factor = 1) gives exactly what the `generate`
+    signature gives for the primer repeated num_outputs times; it runs in pieces only
+    to report progress. Otherwise Magenta's beam search runs once per output.
+    """
+    primer = np.asarray([list(primer)], np.int64)
+    if primer.shape[1] < 1:
+      raise ValueError('the primer needs at least one event')
+    for name, value in (('num_steps', num_steps), ('num_outputs', num_outputs),
+                        ('beam_size', beam_size), ('branch_factor', branch_factor),
+                        ('steps_per_iteration', steps_per_iteration)):
+      if int(value) < 1:
+        raise ValueError(f'{name} must be >= 1, got {value}')
+    if not temperature > 0:
+      raise ValueError(f'temperature must be > 0, got {temperature}')
+    events, state, amount = self._prime(primer)
+    width = beam_size * branch_factor
+    rows = num_outputs * width
+    events, state = np.repeat(events, rows, 0), np.repeat(state, rows, 0)
+    scores = np.zeros(rows, np.float64)
+    if width == 1:
+      chunk = max(8, math.ceil(num_steps / 32))
+      done = 0
+      while done < num_steps:
+        n = min(chunk, num_steps - done)
+        events, state, ll = self._extend(events, state, n, temperature, seed)
+        scores += ll
+        done += n
+        if progress:
+          progress(n)
+      best = np.arange(num_outputs)
+    else:
+      events, scores = self._beam_search(events, state, num_steps, temperature, seed,
+                                         num_outputs, beam_size, branch_factor,
+                                         steps_per_iteration, progress)
+      best = np.array([o * width + int(np.argmax(scores[o * width:(o + 1) * width]))
+                       for o in range(num_outputs)])
+    return Generated(events=self._to_user_space(events[best], np.repeat(amount, len(best)),
+                                                primer),
+                     log_likelihood=scores[best].astype(np.float32),
+                     primer_length=primer.shape[1])
+
+  def _beam_search(self, events, state, num_steps, temperature, seed, num_outputs,
+                   beam_size, branch_factor, steps_per_iteration, progress):
+    """Magenta's beam_search, one independent beam per output, all in one batch.
+
+    Start with beam_size * branch_factor copies; the first iteration takes
+    (num_steps - 1) % steps_per_iteration + 1 steps so the later ones all take
+    steps_per_iteration; between iterations keep the beam_size best (by the summed
+    log-probability of the sampled events) and branch each branch_factor times.
+    """
+    width = beam_size * branch_factor
+    first = (num_steps - 1) % steps_per_iteration + 1
+    scores = np.zeros(len(events), np.float64)
+    events, state, ll = self._extend(events, state, first, temperature, seed)
+    scores += ll
+    if progress:
+      progress(first)
+    for _ in range((num_steps - first) // steps_per_iteration):
+      keep = []
+      for o in range(num_outputs):
+        group = scores[o * width:(o + 1) * width]
+        best = np.argsort(-group, kind='stable')[:beam_size] + o * width
+        keep.append(np.tile(best, branch_factor))  # Magenta: beam_entries * branch_factor
+      keep = np.concatenate(keep)
+      events, state, scores = events[keep], state[keep], scores[keep]
+      events, state, ll = self._extend(events, state, steps_per_iteration, temperature, seed)
+      scores += ll
+      if progress:
+        progress(steps_per_iteration)
+    return events, scores
+
+
+# --- Primers (Magenta's syntax). -------------------------------------------------------
+
+
+def _literal(text: str, flag: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    raise ValueError(f'{flag}: cannot parse {text!r} as a Python list') from None
+
+
+def parse_drum_primer(text: str) -> List[int]:
+  """'[(36, 42), (), (42,)]' -> drum class indices (unknown pitches ignored, as note-seq)."""
+  value = _literal(text, '--primer-drums')
+  if not isinstance(value, (list, tuple)) or not value:
+    raise ValueError(f'--primer-drums: expected a non-empty list of pitch tuples, got {text!r}')
+  steps = []
+  for step in value:
+    if isinstance(step, int):
+      step = (step,)
+    if not isinstance(step, (list, tuple, set, frozenset)) or not all(
+        isinstance(p, int) and 0 <= p <= 127 for p in step):
+      raise ValueError(f'--primer-drums: each step must be a tuple of MIDI pitches 0..127, '
+                       f'got {step!r}')
+    steps.append(step)
+  return events_lib.drum_events_to_class_indices(steps)
+
+
+def parse_melody_primer(text: str) -> List[int]:
+  """'[60, -2, 60, -2, 67, -2, 67, -2]' -> melody events (-2 no event, -1 note off)."""
+  value = _literal(text, '--primer-melody')
+  if not isinstance(value, (list, tuple)) or not value:
+    raise ValueError(f'--primer-melody: expected a non-empty list of events, got {text!r}')
+  for event in value:
+    if not isinstance(event, int) or not -2 <= event <= 127:
+      raise ValueError('--primer-melody: events must be -2 (no event), -1 (note off) or a '
+                       f'MIDI pitch 0..127, got {event!r}')
+  return list(value)
+
+
+def primer_from_midi(path: str, model: Model) -> Tuple[List[int], Optional[float]]:
+  """A MIDI file -> (events, its tempo or None), as Magenta's generators read primers.
+
+  Quantized at the model's steps per quarter; the first drum track / melody (no gap
+  limit, no minimum length, polyphony resolved to the highest note) from the bar of its
+  first note, up to the end of its last note.
+  """
+  import note_seq  # pylint: disable=g-import-not-at-top
+  from note_seq import sequences_lib  # pylint: disable=g-import-not-at-top
+  from music_rnn import extraction  # pylint: disable=g-import-not-at-top
+  sequence = note_seq.midi_file_to_note_sequence(path)
+  qpm = sequence.tempos[0].qpm if sequence.tempos and sequence.tempos[0].qpm else None
+  try:
+    quantized = sequences_lib.quantize_note_sequence(sequence, model.steps_per_quarter)
+  except Exception as e:  # pylint: disable=broad-except; note_seq raises many kinds
+    raise ValueError(f'--primer-midi {path}: cannot quantize it: {e}') from None
+  steps_per_bar = sequences_lib.steps_per_bar_in_quantized_sequence(quantized)
+  if steps_per_bar % 1:
+    raise ValueError(f'--primer-midi {path}: its time signature gives a fractional bar')
+  ext = configs.ExtractorConfig(steps_per_quarter=model.steps_per_quarter, min_bars=0,
+                                max_steps=None, gap_bars=float('inf'), min_unique_pitches=1,
+                                ignore_polyphonic_notes=True)
+  stats = collections.Counter()
+  # pylint: disable=protected-access; the project's Magenta-identical extractors
+  if model.is_drums:
+    found = extraction._extract_drum_tracks(quantized, int(steps_per_bar), ext, stats)
+  else:
+    found = extraction._extract_melodies(quantized, int(steps_per_bar), ext, stats)
+  if not found:
+    raise ValueError(f'--primer-midi {path}: no {"drums" if model.is_drums else "melody"} '
+                     'found in it')
+  start, events = found[0]
+  last_end = max(n.quantized_end_step for n in quantized.notes)
+  if model.is_drums:
+    events = list(events) + [()] * max(0, last_end - start - len(events))
+    return events_lib.drum_events_to_class_indices(events), qpm
+  return list(events) + [configs.MELODY_NOTE_OFF], qpm  # end the last note
+
+
+# --- Events -> NoteSequence, MIDI, piano roll. ---------------------------------------
+
+
+def to_note_sequence(events: Sequence[int], is_drums: bool, qpm: float = DEFAULT_QPM,
+                     steps_per_quarter: int = 4):
+  """Events -> a NoteSequence as long as the events (note_seq's to_sequence conventions:
+  drum hits last one step on channel 10; a melody note lasts until the next note-off or
+  note)."""
+  from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
+  seconds = 60.0 / qpm / steps_per_quarter
+  sequence = music_pb2.NoteSequence()
+  sequence.tempos.add(qpm=qpm)
+  sequence.ticks_per_quarter = 220
+  instrument = _DRUM_PROGRAM_CHANNEL if is_drums else 0
+
+  def add(pitch, start, end):
+    sequence.notes.add(pitch=int(pitch), velocity=_VELOCITY, instrument=instrument,
+                       program=0, is_drum=is_drums, start_time=start * seconds,
+                       end_time=end * seconds)
+
+  if is_drums:
+    for step, index in enumerate(events):
+      for pitch in events_lib.class_index_to_drum_event(int(index)):
+        add(pitch, step, step + 1)
+  else:
+    pitch, onset = None, 0
+    for step, event in enumerate(list(events) + [configs.MELODY_NOTE_OFF]):
+      if event == configs.MELODY_NO_EVENT:
+        continue
+      if pitch is not None:
+        add(pitch, onset, step)
+      pitch, onset = (event, step) if event >= 0 else (None, step)
+  sequence.total_time = len(events) * seconds
+  # MIDI files end at their last event: mark the end so trailing silence is kept.
+  sequence.control_changes.add(time=sequence.total_time, control_number=_ALL_NOTES_OFF,
+                               control_value=0, instrument=instrument, is_drum=is_drums)
+  return sequence
+
+
+def write_midi(sequence, path: str) -> None:
+  import note_seq  # pylint: disable=g-import-not-at-top
+  note_seq.sequence_proto_to_midi_file(sequence, path)
+
+
+def write_piano_roll(events: Sequence[int], is_drums: bool, path: str, title: str,
+                     primer_length: int = 0) -> None:
+  """A piano-roll PNG: one row per pitch (drums: per drum type), the primer shaded."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  length = len(events)
+  fig, ax = plt.subplots(figsize=(min(4 + length / 16, 40), 4))
+  if is_drums:
+    for step, index in enumerate(events):
+      for t in range(configs.NUM_DRUM_CLASSES):
+        if int(index) >> t & 1:
+          ax.add_patch(plt.Rectangle((step + 0.05, t - 0.4), 0.9, 0.8, color='tab:blue'))
+    ax.set_ylim(-0.6, configs.NUM_DRUM_CLASSES - 0.4)
+    ax.set_yticks(range(configs.NUM_DRUM_CLASSES))
+    ax.set_yticklabels(['kick', 'snare', 'closed hh', 'open hh', 'low tom', 'mid tom',
+                        'high tom', 'crash', 'ride'])
+  else:
+    notes = to_note_sequence(events, False, qpm=60.0, steps_per_quarter=1).notes
+    for n in notes:  # one second per step at this tempo
+      ax.add_patch(plt.Rectangle((n.start_time + 0.05, n.pitch - 0.4),
+                                 n.end_time - n.start_time - 0.1, 0.8, color='tab:blue'))
+    pitches = [n.pitch for n in notes] or [60]
+    ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
+    ax.set_ylabel('MIDI pitch')
+  if primer_length:
+    ax.axvspan(0, primer_length, color='0.9', zorder=0, label='primer')
+    ax.legend(loc='upper right')
+  ax.set_xlim(0, length)
+  ax.set_xlabel('step (16th note)')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def write_outputs(model: Model, generated: Generated, output_dir: str, qpm: float,
+                  stem: Optional[str] = None) -> List[Tuple[str, str]]:
+  """One MIDI file and one piano-roll PNG per output; returns their paths."""
+  os.makedirs(output_dir, exist_ok=True)
+  stem = stem or datetime.datetime.now().strftime('%Y-%m-%d_%H%M%S')
+  digits = len(str(len(generated.events)))
+  paths = []
+  for i, events in enumerate(generated.events):
+    base = os.path.join(output_dir, f'{stem}_{str(i + 1).zfill(digits)}')
+    write_midi(to_note_sequence(events, model.is_drums, qpm, model.steps_per_quarter),
+               base + '.mid')
+    write_piano_roll(events, model.is_drums, base + '.png',
+                     f'{model.name} #{i + 1}: log-likelihood '
+                     f'{generated.log_likelihood[i]:.1f}', generated.primer_length)
+    paths.append((base + '.mid', base + '.png'))
+  return paths

@@ -1,0 +1,113 @@
+"""Airflow: the DAG file run for real by Apache Airflow 2.10 (`airflow dags test`).
+
+Airflow lives in .venv-airflow (`make airflow-venv`): it needs Werkzeug < 3, the main lock
+has 3.1. Its metadata database is SQLite in a temporary AIRFLOW_HOME; the data is a tiny
+real slice of the bundled drums; every task must succeed and the model must be pushed.
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+
+import pytest
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline import mlmd_results
+from pipeline import pipeline as pipeline_lib
+from tests.conftest import PROJECT_ROOT, bundled, write_slice_with_eval
+
+AIRFLOW_BIN = os.path.join(PROJECT_ROOT, '.venv-airflow', 'bin')
+DAG_FOLDER = os.path.join(PROJECT_ROOT, 'airflow')
+LOGICAL_DATE = '2024-01-01'
+
+_DAG_SHAPES = '''
+import json
+from airflow.models import DagBag
+bag = DagBag(dag_folder=%r, include_examples=False)
+print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()},
+                  'dags': {d: {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}
+                           for d, dag in bag.dags.items()}}))
+'''
+
+
+def _expected_graph(config_name):
+  """{component id: sorted upstream ids} of the one create_pipeline, for comparison."""
+  p = pipeline_lib.create_pipeline(
+      pipeline_name='x', pipeline_root='/tmp/x', data_root='/tmp/x', model_config=config_name,
+      serving_model_dir='/tmp/x', preprocessing_fn='module_file.preprocessing_fn',
+      run_fn='module_file.run_fn', train_steps=1, eval_steps=1)
+  return {c.id: sorted(u.id for u in c.upstream_nodes) for c in p.components}
+
+
+@pytest.fixture
+def airflow_env(tmp_path):
+  if not os.path.exists(os.path.join(AIRFLOW_BIN, 'airflow')):
+    pytest.fail('.venv-airflow is missing: run `make airflow-venv` (make test builds it).')
+  home = tmp_path / 'airflow_home'
+  data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 10)
+  return dict(
+      os.environ,
+      AIRFLOW_HOME=str(home),
+      AIRFLOW__CORE__DAGS_FOLDER=DAG_FOLDER,
+      AIRFLOW__CORE__LOAD_EXAMPLES='False',
+      # The DAG file imports TensorFlow: on a busy machine that exceeds the 30 s default.
+      AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT='600',
+      AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f'sqlite:///{home}/airflow.db',
+      MUSIC_RNN_HOME=str(tmp_path / 'out'),
+      MUSIC_RNN_AIRFLOW_DATA=data,
+      MUSIC_RNN_AIRFLOW_TRAIN_STEPS='3',
+      MUSIC_RNN_AIRFLOW_EVAL_STEPS='2',
+      MUSIC_RNN_AIRFLOW_HPARAMS='rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
+      MUSIC_RNN_AIRFLOW_SERVING_DIR=str(tmp_path / 'serving'),
+      TF_CPP_MIN_LOG_LEVEL='2')
+
+
+def _run(args, env, timeout):
+  proc = subprocess.run(args, env=env, cwd=env['AIRFLOW_HOME'], capture_output=True, text=True,
+                        timeout=timeout)
+  assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-5000:])
+  return proc
+
+
+def test_airflow_runs_the_pipeline(airflow_env, tmp_path):
+  env = airflow_env
+  os.makedirs(env['AIRFLOW_HOME'])
+  _run([os.path.join(AIRFLOW_BIN, 'airflow'), 'db', 'migrate'], env, 600)
+
+  # Both model configs become DAGs whose tasks and edges are create_pipeline's.
+  shapes = json.loads(_run([os.path.join(AIRFLOW_BIN, 'python'), '-c',
+                            _DAG_SHAPES % DAG_FOLDER], env, 600).stdout.strip().splitlines()[-1])
+  assert shapes['errors'] == {}
+  for config_name in ('drum_kit', 'attention_rnn'):
+    dag_id = 'music-rnn-' + config_name.replace('_', '-')
+    assert shapes['dags'][dag_id] == _expected_graph(config_name)
+
+  # Run the drums DAG for real, one config only (small and quick).
+  env = dict(env, MUSIC_RNN_AIRFLOW_CONFIGS='drum_kit')
+  _run([os.path.join(AIRFLOW_BIN, 'airflow'), 'dags', 'test', 'music-rnn-drum-kit',
+        LOGICAL_DATE], env, 1800)
+
+  # Airflow's own record: every task instance succeeded.
+  with sqlite3.connect(os.path.join(env['AIRFLOW_HOME'], 'airflow.db')) as db:
+    states = dict(db.execute('SELECT task_id, state FROM task_instance WHERE dag_id = ?',
+                             ('music-rnn-drum-kit',)).fetchall())
+    runs = db.execute('SELECT state FROM dag_run WHERE dag_id = ?',
+                      ('music-rnn-drum-kit',)).fetchall()
+  assert set(states) == set(shapes['dags']['music-rnn-drum-kit'])
+  assert all(s == 'success' for s in states.values()), states
+  assert runs == [('success',)]
+
+  # TFX's record (ML-Metadata; Airflow uses TFX's component launchers, one execution per
+  # task with `component_id` and `state` properties) agrees, and the model was pushed.
+  store = mlmd_results.open_store(os.path.join(
+      str(tmp_path / 'out'), 'airflow', 'metadata', 'music-rnn-drum-kit', 'metadata.db'))
+  executions = {e.properties['component_id'].string_value: e for e in store.get_executions()}
+  assert {k: e.properties['state'].string_value for k, e in executions.items()} == {
+      k: 'complete' for k in states}
+  events = store.get_events_by_execution_ids([executions['Pusher'].id])
+  [pushed] = store.get_artifacts_by_id(
+      [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT])
+  destination = pushed.custom_properties['pushed_destination'].string_value
+  assert os.path.dirname(destination) == str(tmp_path / 'serving' / 'drum_kit')
+  assert os.path.exists(os.path.join(destination, 'saved_model.pb'))
