@@ -4,6 +4,7 @@ generate music from a pushed model."""
 import argparse
 import json
 import os
+import shlex
 import sys
 from typing import List, Optional
 
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--workers', type=_non_negative_int, default=1,
                  help='Beam DirectRunner workers: 1 in-process, N>1 or 0 (all cores) '
                  'multi-processing.')
+  p.add_argument('--beam-pipeline-args', type=shlex.split,
+                 help='Beam options for ExampleGen, StatisticsGen and Transform as one quoted '
+                 'string, given with "=": --beam-pipeline-args="--runner=FlinkRunner ..." '
+                 '(instead of --workers; README, "Beam at scale").')
   p.add_argument('--output-root', help='Pipeline root and ML-Metadata location.')
   p.add_argument('--serving-dir', help='Pusher destination root (default serving/models).')
   p.add_argument('--no-cache', action='store_true', help="Disable TFX's execution cache.")
@@ -110,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_convert(args) -> int:
   from music_rnn import convert  # pylint: disable=g-import-not-at-top
   stats = convert.convert(args.input, args.output)
-  print(convert.format_stats(stats) if hasattr(convert, 'format_stats') else stats)
+  if not stats.counts['sequences_written']:
+    os.remove(args.output)  # an empty TFRecord would only fail later, less clearly
+    raise ValueError(f'No NoteSequences were converted from {args.input}. Counts by '
+                     'reason:\n' + convert.format_stats(stats))
+  print(convert.format_stats(stats))
   return 0
 
 
@@ -118,6 +127,7 @@ def _cmd_extract(args) -> int:
   from music_rnn import extraction  # pylint: disable=g-import-not-at-top
   config = configs.get_config(args.config)
   stats = extraction.run_extraction(args.input, config, events_out=args.events_out)
+  extraction.check_extracted(stats, config, args.input)  # one error listing every reason
   print(extraction.format_stats(stats))
   return 0
 
@@ -135,6 +145,8 @@ def _cmd_run(args) -> int:
     raise ValueError(f'{", ".join(search_flags)}: need --tune')
   if args.search_space and not os.path.isfile(args.search_space):
     raise FileNotFoundError(f'--search-space: {args.search_space} is not a file')
+  if args.beam_pipeline_args and args.workers != 1:
+    raise ValueError('--workers and --beam-pipeline-args: give one of them')
   if args.fast_dev_run and args.train_steps:
     raise ValueError('--fast-dev-run sets the train steps; drop --train-steps')
   if args.global_batch_size and (args.batch_size or 'batch_size' in hparams):
@@ -151,7 +163,8 @@ def _cmd_run(args) -> int:
       seed=args.seed,
       output_root=args.output_root or pipeline_configs.OUTPUT_ROOT,
       serving_models_dir=args.serving_dir or pipeline_configs.SERVING_MODELS_DIR,
-      beam_pipeline_args=pipeline_configs.beam_args_for_workers(args.workers),
+      beam_pipeline_args=(args.beam_pipeline_args
+                          or pipeline_configs.beam_args_for_workers(args.workers)),
       enable_cache=not args.no_cache,
       tune=args.tune,
       tuner=args.tuner or pipeline_configs.TUNER,
@@ -190,7 +203,8 @@ def _cmd_run(args) -> int:
     print('   eval split:     no metrics recorded (see the Trainer log)')
   if summary.tuning:
     tuning = summary.tuning
-    values = ', '.join(f'{k}={v}' for k, v in sorted(tuning['values'].items()))
+    values = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
+                       for k, v in sorted(tuning['values'].items()))
     print(f'   hparams from:   {tuning["source"]}: {values}')
     if tuning.get('best_trial'):
       print(f'   tuner:          {tuning["best_trial"]}')

@@ -4,16 +4,20 @@ Magenta's drums_rnn and melody_rnn dataset pipelines run, per piece:
 TimeChangeSplitter -> Quantizer -> [TranspositionPipeline(0), melodies only] ->
 DrumsExtractor / MelodyExtractor. We follow the same stages and the same loops
 (extract_drum_tracks / extract_melodies with DrumTrack / Melody.from_quantized_sequence
-semantics), so the events equal Magenta's, with two differences that only add
+semantics), so the events equal Magenta's, with differences that only add
 robustness: nothing raises on bad input (every dropped piece, segment or track is
-counted in `stats` under a reason, Magenta's stat name where it has one), and notes
-are indexed once per segment so very long pieces stay linear rather than quadratic.
+counted in `stats` under a reason, Magenta's stat name where it has one); notes are
+indexed once per segment so very long pieces stay linear rather than quadratic; no
+more than max_steps events per sequence are ever stored, so absurd times or tempos
+cannot exhaust memory; and a negative time-signature numerator (where Magenta loops
+forever) is a bad time signature.
 
 Stat names (counts; Magenta's names where Magenta has the stat):
   reading:    files_read, records_read, records_corrupt, records_not_note_sequence,
               sequences_empty
   per piece:  sequences_processed, no_drums / no_pitched_notes (informational),
-              split_failed, time_change_segments
+              split_failed, time_change_segments, extraction_failed (any other
+              error: the piece is dropped, not the job)
   per segment (Magenta's Quantizer etc.):
               sequences_discarded_because_multiple_time_signatures,
               sequences_discarded_because_multiple_tempos,
@@ -113,7 +117,9 @@ def _parse_note_sequence(data: bytes) -> Optional[music_pb2.NoteSequence]:
   """Parses a NoteSequence, or None when the bytes are something else.
 
   Protobuf parsing is lenient (another message type often parses "successfully"), so
-  a parse that yields no notes but unknown fields is taken as not a NoteSequence.
+  a parse that yields no notes but unknown fields is taken as not a NoteSequence; so
+  is one whose only content is an id that parses as tf.train.Features (a tf.Example,
+  whose field 1 is its features, when its values happen to be valid UTF-8).
   """
   note_sequence = music_pb2.NoteSequence()
   try:
@@ -124,7 +130,18 @@ def _parse_note_sequence(data: bytes) -> Optional[music_pb2.NoteSequence]:
     from google.protobuf import unknown_fields  # pylint: disable=g-import-not-at-top
     if len(unknown_fields.UnknownFieldSet(note_sequence)):
       return None
+    if note_sequence.id and _is_tf_features(note_sequence.id.encode('utf-8')):
+      return None
   return note_sequence
+
+
+def _is_tf_features(data: bytes) -> bool:
+  features_proto = tf.train.Features()
+  try:
+    features_proto.ParseFromString(data)
+  except Exception:  # pylint: disable=broad-except; DecodeError
+    return False
+  return bool(features_proto.feature)
 
 
 # ---------------------------------------------------------------------------------
@@ -476,6 +493,27 @@ def run_extraction(file_pattern: Union[str, Sequence[str]], config: configs.Mode
   return stats
 
 
+def kept_stat(config: configs.ModelConfig) -> str:
+  """The stat that counts the sequences kept for `config`."""
+  return 'drum_tracks_extracted' if config.kind == configs.DRUMS else 'melodies_extracted'
+
+
+class NothingExtractedError(ValueError):
+  """No usable sequence was left; the message lists every reason with its count."""
+
+
+def check_extracted(stats: collections.Counter, config: configs.ModelConfig,
+                    source: str) -> None:
+  """Raises NothingExtractedError when `stats` counts no kept sequence.
+
+  The one error `music-rnn extract` and the ExampleGen stop with, so both say the same.
+  """
+  if not stats.get(kept_stat(config), 0):
+    raise NothingExtractedError(
+        f'No usable sequences were extracted for config {config.name!r} from {source}. '
+        'Counts by reason:\n' + format_stats(stats))
+
+
 # Reasons in pipeline order, so the table reads top to bottom like the pipeline.
 _STAT_ORDER = (
     'files_read', 'records_read', 'records_corrupt', 'records_not_note_sequence',
@@ -485,7 +523,7 @@ _STAT_ORDER = (
     'sequences_discarded_because_multiple_tempos',
     'sequences_discarded_because_bad_time_signature', 'quantization_failed',
     'skipped_due_to_range_exceeded', 'non_integer_steps_per_bar',
-    'segments_discarded_bad_note',
+    'segments_discarded_bad_note', 'extraction_failed',
     'drum_tracks_discarded_too_short', 'drum_tracks_truncated', 'drum_tracks_extracted',
     'polyphonic_tracks_discarded', 'melodies_discarded_too_short', 'melodies_truncated',
     'melodies_discarded_too_few_pitches', 'melodies_extracted',

@@ -615,7 +615,7 @@ def run_fn(fn_args) -> None:
   run_key = checkpointing.fingerprint(spec)
   root = custom_config.get('checkpoint_dir')
   if custom_config.get('fast_dev_run'):
-    root = None  # a smoke test: never resumed
+    root = os.path.join(fn_args.model_run_dir, 'checkpoints')  # a smoke test: never resumed
   if not root:
     root = os.path.join(fn_args.model_run_dir, 'checkpoints')
     logging.warning("No stable checkpoint_dir: checkpoints go to this execution's %s, "
@@ -661,6 +661,7 @@ def run_fn(fn_args) -> None:
     # (ours: the filter); the training data repeats forever, so it is only noise.
     warnings.filterwarnings('ignore', message='Your input ran out of data')
     if start_step < train_steps and not stopped:
+      ckpt.state.stopped_at.assign(-1)  # e.g. stopped before, now with more patience
       # A resumed run draws a fresh shuffle rather than replaying the first batches.
       train_ds = make_dataset(fn_args.train_files, tf_transform_output, config, global_batch,
                               training=True, seed=seed + start_step, max_steps=max_steps)

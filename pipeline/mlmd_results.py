@@ -27,14 +27,23 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
 def latest_results(metadata_path: str, pipeline_name: str) -> Dict[str, NodeResult]:
   """component id -> its newest finished execution's outputs."""
   store = open_store(metadata_path)
+  # Only the newest run counts: components of earlier runs (a Tuner that is not in this
+  # run, say) must not show up. Cached components have a CACHED execution in it.
+  prefix = pipeline_name + '.'
+  node_contexts = [c for c in store.get_contexts_by_type('node') if c.name.startswith(prefix)]
+  pipeline_execution_ids = {e.id for c in node_contexts
+                             for e in store.get_executions_by_context(c.id)}
+  run_ids = None
+  for run in sorted(store.get_contexts_by_type('pipeline_run'), key=lambda c: -c.id):
+    ids = {e.id for e in store.get_executions_by_context(run.id)}
+    if ids & pipeline_execution_ids:
+      run_ids = ids
+      break
   results = {}
-  for context in store.get_contexts_by_type('node'):
-    prefix = pipeline_name + '.'
-    if not context.name.startswith(prefix):
-      continue
+  for context in node_contexts:
     component_id = context.name[len(prefix):]
     executions = [e for e in store.get_executions_by_context(context.id)
-                  if e.last_known_state in _DONE]
+                  if e.last_known_state in _DONE and (run_ids is None or e.id in run_ids)]
     if not executions:
       continue
     execution = max(executions, key=lambda e: e.id)

@@ -63,21 +63,30 @@ def airflow_env(tmp_path):
       TF_CPP_MIN_LOG_LEVEL='2')
 
 
-def _run(args, env, timeout):
+def _run(name, args, env, timeout):
+  """Runs an Airflow command; on failure shows its errors (the full log stays in AIRFLOW_HOME)."""
   proc = subprocess.run(args, env=env, cwd=env['AIRFLOW_HOME'], capture_output=True, text=True,
                         timeout=timeout)
-  assert proc.returncode == 0, (args, proc.stdout[-3000:], proc.stderr[-5000:])
+  log = os.path.join(env['AIRFLOW_HOME'], name + '.log')
+  with open(log, 'w') as f:
+    f.write(proc.stdout + proc.stderr)
+  if proc.returncode != 0:
+    lines = (proc.stdout + proc.stderr).splitlines()
+    errors = [l for i, l in enumerate(lines) if 'ERROR' in l or 'Error' in l or 'failed' in l]
+    pytest.fail(f'{name} exited {proc.returncode} (log: {log}):\n' +
+                '\n'.join(errors[-40:] or lines[-60:]))
   return proc
 
 
 def test_airflow_runs_the_pipeline(airflow_env, tmp_path):
   env = airflow_env
   os.makedirs(env['AIRFLOW_HOME'])
-  _run([os.path.join(AIRFLOW_BIN, 'airflow'), 'db', 'migrate'], env, 600)
+  _run('db_migrate', [os.path.join(AIRFLOW_BIN, 'airflow'), 'db', 'migrate'], env, 600)
 
   # Both model configs become DAGs whose tasks and edges are create_pipeline's.
-  shapes = json.loads(_run([os.path.join(AIRFLOW_BIN, 'python'), '-c',
-                            _DAG_SHAPES % DAG_FOLDER], env, 600).stdout.strip().splitlines()[-1])
+  proc = _run('dagbag', [os.path.join(AIRFLOW_BIN, 'python'), '-c', _DAG_SHAPES % DAG_FOLDER],
+              env, 600)
+  shapes = json.loads(proc.stdout.strip().splitlines()[-1])
   assert shapes['errors'] == {}
   for config_name in ('drum_kit', 'attention_rnn'):
     dag_id = 'music-rnn-' + config_name.replace('_', '-')
@@ -85,7 +94,7 @@ def test_airflow_runs_the_pipeline(airflow_env, tmp_path):
 
   # Run the drums DAG for real, one config only (small and quick).
   env = dict(env, MUSIC_RNN_AIRFLOW_CONFIGS='drum_kit')
-  _run([os.path.join(AIRFLOW_BIN, 'airflow'), 'dags', 'test', 'music-rnn-drum-kit',
+  _run('dags_test', [os.path.join(AIRFLOW_BIN, 'airflow'), 'dags', 'test', 'music-rnn-drum-kit',
         LOGICAL_DATE], env, 1800)
 
   # Airflow's own record: every task instance succeeded.

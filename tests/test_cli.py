@@ -54,7 +54,7 @@ def test_extract_command_prints_stats_and_writes_jsonl(tmp_path):
   lines = [json.loads(l) for l in out.read_text().splitlines()]
   assert lines, 'no drum tracks extracted from 3 Freedoom songs'
   for line in lines:
-    assert set(line) == {'source_id', 'events'}
+    assert {'source_id', 'events'} <= set(line)
     assert all(isinstance(step, list) and step == sorted(step) for step in line['events'])
     assert 7 * 16 <= len(line['events']) <= 512
 

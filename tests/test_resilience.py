@@ -20,9 +20,12 @@ from music_rnn import configs
 from music_rnn import model as model_lib
 from music_rnn import training
 from tests.conftest import bundled, write_slice_with_eval
-from tests.test_training import CONFIG, HPARAMS, transformed  # noqa: F401  (fixture)
+from tests.test_training import CONFIG, transformed  # noqa: F401  (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One small LSTM layer: the behaviour under test does not depend on the cell, and
+# tracing it is what these tests mostly pay for.
+HPARAMS = {'batch_size': 4, 'rnn_layer_sizes': [8], 'attn_length': 0}
 
 
 def _fn_args_kwargs(root, out, train_steps=10, eval_split='eval', base_model=None,
@@ -203,17 +206,13 @@ def test_killed_run_resumes_to_the_configured_step_count(transformed, resumed,  
   np.testing.assert_allclose(exported.model_variables[0].numpy(),
                              best.get_tensor('weights/0/.ATTRIBUTES/VARIABLE_VALUE'))
 
-  # Run again, finished: nothing to train, the same best; a changed run starts afresh.
+  # A changed run (here: fewer steps) starts afresh, never from the stale weights.
   _no_export(monkeypatch)
-  third = _fn_args_kwargs(root, tmp_path / 'third', checkpoint_dir=checkpoint_root,
-                          checkpoint_every=2, keep_best=2, early_stopping_patience=1)
-  training.run_fn(_fn_args(**third))
-  assert _report(third)['steps_this_run'] == 0
-  assert _report(third)['exported']['step'] == best_step
-  other = _fn_args_kwargs(root, tmp_path / 'other', train_steps=2,
+  other = _fn_args_kwargs(root, tmp_path / 'other', train_steps=1,
                           checkpoint_dir=checkpoint_root)
   training.run_fn(_fn_args(**other))
   assert _report(other)['resumed_from_step'] is None
+  assert _report(other)['steps_this_run'] == 1
   assert _report(other)['checkpoint_dir'] != report['checkpoint_dir']
 
 
@@ -221,36 +220,31 @@ def test_non_finite_loss_stops_with_magenta_advice(transformed, tmp_path):  # no
   root, _ = transformed
   kwargs = _fn_args_kwargs(root, tmp_path, train_steps=6,
                            checkpoint_dir=str(tmp_path / 'checkpoints'))
-  kwargs['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e10}
+  kwargs['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e38}  # weights -> inf
   with pytest.raises(training.DivergenceError,
                      match=r'(?s)diverged: the loss is nan at step 2 of 6.*lower learning_rate '
-                     r'\(now 1e\+10; try 1e\+09\).*lower clip_norm.*smaller rnn_layer_sizes'):
+                     r'\(now 1e\+38; try 1e\+37\).*lower clip_norm.*smaller rnn_layer_sizes'):
     training.run_fn(_fn_args(**kwargs))
   assert not os.path.exists(os.path.join(kwargs['serving_model_dir'], 'saved_model.pb'))
 
 
 def test_warm_start_copies_weights_and_rejects_other_shapes(transformed, resumed,  # noqa: F811
-                                                          tmp_path, monkeypatch):
+                                                          tmp_path):
   root, _ = transformed
   base_export = resumed[1]['serving_model_dir']
-  _no_export(monkeypatch)
-
-  # Fine-tune with a negligible learning rate: the weights are still the base model's.
-  tuned = _fn_args_kwargs(root, tmp_path / 'tuned', train_steps=1, base_model=base_export)
-  tuned['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e-12}
-  training.run_fn(_fn_args(**tuned))
-  report = _report(tuned)
-  assert report['warm_start_from'] == base_export
-  weights = tf.train.load_checkpoint(os.path.join(report['checkpoint_dir'], 'best', 'step-1'))
+  config = configs.get_config(CONFIG)
+  hparams = config.hparams.replace(**HPARAMS)
+  model = model_lib.build_model(config, hparams)
+  assert training.warm_start(model, config, hparams, base_export) == base_export
   base = [v for v in tf.saved_model.load(base_export).model_variables if v.trainable]
-  for i, variable in enumerate(base):
-    np.testing.assert_allclose(weights.get_tensor(f'weights/{i}/.ATTRIBUTES/VARIABLE_VALUE'),
-                               variable.numpy(), atol=1e-6)
+  assert len(base) == len(model.trainable_variables)
+  for ours, theirs in zip(model.trainable_variables, base):
+    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
-  # TFX hands a Trainer <model URI>/Format-Serving; an imported pushed model has none.
+  # Through run_fn, as TFX passes it: <model URI>/Format-Serving (a pushed model has none).
   wrong = _fn_args_kwargs(root, tmp_path / 'wrong', train_steps=1,
                           base_model=os.path.join(base_export, 'Format-Serving'))
-  wrong['custom_config']['hparams'] = {**HPARAMS, 'rnn_layer_sizes': [8, 8]}
+  wrong['custom_config']['hparams'] = {**HPARAMS, 'rnn_layer_sizes': [4]}
   with pytest.raises(ValueError, match=r'Cannot warm-start from .*weights differ in shape.*'
                                        r'same rnn_layer_sizes and attn_length'):
     training.run_fn(_fn_args(**wrong))
@@ -261,8 +255,9 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from music_rnn import training
+from music_rnn import export, training
 from tfx import v1 as tfx
+export.export_serving_model = lambda *args, **kwargs: None  # ~40 s; not under test here
 kwargs = json.loads(sys.argv[1])
 try:  # a global batch of 5 cannot be split over 2 replicas
   training.run_fn(tfx.components.FnArgs(**{**kwargs, 'custom_config': {
@@ -300,7 +295,7 @@ def test_fast_dev_run_pushes_a_few_batches_through_every_component(tmp_path, cap
   data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 6)
   start = time.time()
   code = cli.main(['run', '--config', 'drum_kit', '--data', data, '--fast-dev-run',
-                   '--hparams', 'rnn_layer_sizes=[16],attn_length=2',
+                   '--hparams', 'rnn_layer_sizes=[8],attn_length=0',
                    '--output-root', str(tmp_path / 'out')])
   out = capsys.readouterr().out
   assert code == 0, out

@@ -203,7 +203,7 @@ def test_each_tuner_kind_searches_real_data(tuned, tmp_path, kind):
       eval_files=[os.path.join(examples, 'Split-eval', '*')],
       train_steps=2, eval_steps=1, transform_graph_path=graph,
       custom_config={'config_name': CONFIG, 'hparams': HPARAMS, 'seed': 1, 'tuner': kind,
-                     'max_trials': 1, 'search_space': space, 'trial_evals': 2,
+                     'max_trials': 1, 'search_space': space, 'trial_evals': 1,
                      'tuner_dir': str(tmp_path / 'state')})
   result = tuning.tuner_fn(fn_args)
   assert isinstance(result.tuner, {'random': tuning.RandomSearch,

@@ -15,8 +15,10 @@ import apache_beam as beam
 import tensorflow as tf
 from tfx import types
 from tfx.components.example_gen import base_example_gen_executor
+from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
+from tfx.utils import proto_utils
 
 from music_rnn import configs
 from music_rnn import extraction
@@ -24,7 +26,6 @@ from music_rnn import extraction
 MODEL_CONFIG_KEY = 'model_config'
 STATS_FILE = 'extraction_stats.json'
 STATS_PROPERTY = 'extraction_stats'
-KEPT_STATS = ('drum_tracks_extracted', 'melodies_extracted')
 METRICS_NAMESPACE = 'music_rnn.extraction'
 _STATS_TAG = 'stats'
 
@@ -97,7 +98,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
       config = configs.get_config(exec_properties[MODEL_CONFIG_KEY])
       input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
       pattern = os.path.join(input_base, split_pattern)
-      files = sorted(tf.io.gfile.glob(pattern))
+      # Files only, as `music-rnn extract` reads them (a matching directory is no input).
+      files = sorted(f for f in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(f))
       if not files:
         raise FileNotFoundError(f'No NoteSequence TFRecord files match {pattern!r}')
       logging.info('Extracting %s sequences from %d file(s) matching %s',
@@ -131,11 +133,18 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     examples.set_string_custom_property(STATS_PROPERTY, json.dumps(stats, sort_keys=True))
     logging.info('Extraction statistics for %s:\n%s', exec_properties[MODEL_CONFIG_KEY],
                  extraction.format_stats(collections.Counter(stats)))
-    if not any(stats.get(k, 0) for k in KEPT_STATS):
-      raise ValueError(
-          'No usable sequences were extracted for config '
-          f'{exec_properties[MODEL_CONFIG_KEY]!r}. Dropped by reason:\n' +
-          extraction.format_stats(collections.Counter(stats)))
+    # The same error as `music-rnn extract` on the same files.
+    extraction.check_extracted(
+        collections.Counter(stats), configs.get_config(exec_properties[MODEL_CONFIG_KEY]),
+        os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY],
+                     _input_patterns(exec_properties)))
+
+
+def _input_patterns(exec_properties: Dict[str, Any]) -> str:
+  input_config = example_gen_pb2.Input()
+  proto_utils.json_to_proto(
+      exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+  return ','.join(split.pattern for split in input_config.splits)
 
 
 def _stats_file_name(split_pattern: str) -> str:
