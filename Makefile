@@ -23,7 +23,7 @@ $(STAMP): $(LOCK) setup.py
 	$(BIN)/pip install -q -r $(VENV)/deps.txt
 	$(BIN)/pip install -q --no-deps --ignore-requires-python \
 	  $$(grep -E '^(tfx|ml-pipelines-sdk)==' $(LOCK))
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-deps --no-build-isolation --config-settings editable_mode=compat -e .
 	$(BIN)/pip check | grep -v 'tensorflow-hub' | grep . && exit 1 || true
 	touch $(STAMP)
 
@@ -69,12 +69,15 @@ airflow-venv: $(AIRFLOW_STAMP)
 # make kubeflow-spec PIPELINE_ROOT=gs://B/music-rnn DATA_DRUMS=gs://B/drums DATA_MELODY=gs://B/melody IMAGE=...
 KUBEFLOW_OUT ?= build/kubeflow
 kubeflow-spec: $(STAMP)
+	@test -n "$(PIPELINE_ROOT)" -a -n "$(DATA_DRUMS)" -a -n "$(DATA_MELODY)" -a -n "$(IMAGE)" || \
+	  { echo 'usage: make kubeflow-spec PIPELINE_ROOT=gs://... DATA_DRUMS=gs://... DATA_MELODY=gs://... IMAGE=...'; exit 2; }
 	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config drum_kit --pipeline-root $(PIPELINE_ROOT) \
 	  --data $(DATA_DRUMS) --image $(IMAGE) --output $(KUBEFLOW_OUT)/drum_kit.json $(KUBEFLOW_ARGS)
 	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config attention_rnn --pipeline-root $(PIPELINE_ROOT) \
 	  --data $(DATA_MELODY) --image $(IMAGE) --output $(KUBEFLOW_OUT)/attention_rnn.json $(KUBEFLOW_ARGS)
 
 image:
+	@test -n "$(IMAGE)" || { echo 'usage: make image IMAGE=REGISTRY/PATH:TAG [IMAGE_ARGS=--push|--cloud]'; exit 2; }
 	kubeflow/build_image.sh $(IMAGE) $(IMAGE_ARGS)
 
 test: data oracle airflow-venv

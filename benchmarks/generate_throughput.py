@@ -59,6 +59,8 @@ def export_untrained(config, work_dir: str) -> str:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
   import tensorflow_transform.beam as tft_beam  # pylint: disable=g-import-not-at-top
+  from tensorflow_transform.tf_metadata import dataset_metadata  # pylint: disable=g-import-not-at-top
+  from tensorflow_transform.tf_metadata import metadata_io  # pylint: disable=g-import-not-at-top
   from tensorflow_transform.tf_metadata import schema_utils  # pylint: disable=g-import-not-at-top
   from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
   from music_rnn import export  # pylint: disable=g-import-not-at-top
@@ -72,8 +74,8 @@ def export_untrained(config, work_dir: str) -> str:
   raw = os.path.join(tmp, 'raw.tfrecord')
   with tf.io.TFRecordWriter(raw) as writer:
     writer.write(_example(config, [0, 1, 0] if config.kind == configs.DRUMS else [60, -2, 62]))
-  source = tfxio.TFExampleRecord(
-      raw, schema=schema_utils.schema_from_feature_spec(_raw_feature_spec(config)))
+  schema = schema_utils.schema_from_feature_spec(_raw_feature_spec(config))
+  source = tfxio.TFExampleRecord(raw, schema=schema)
   transform_dir = os.path.join(tmp, 'transform_fn')
   with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(tmp, 'beam')):
     transform_fn = ((pipeline | source.BeamSource(), source.TensorAdapterConfig())
@@ -81,6 +83,9 @@ def export_untrained(config, work_dir: str) -> str:
                         preprocessing.preprocessing_fn,
                         custom_config={'config_name': config.name})))
     _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
+  # Where TFX's Transform puts the raw schema (serving_default parses requests with it).
+  metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
+                             os.path.join(transform_dir, 'metadata'))
   model = model_lib.build_model(config, config.hparams)
   export.export_serving_model(model, config, config.hparams,
                               tft.TFTransformOutput(transform_dir), out)

@@ -17,6 +17,7 @@ stage() {
   mkdir -p "$dir/kubeflow" "$dir/requirements"
   cp "$ROOT/kubeflow/Dockerfile" "$dir/Dockerfile"
   cp "$ROOT/setup.py" "$ROOT/module_file.py" "$dir/"
+  if [[ -f "$ROOT/pyproject.toml" ]]; then cp "$ROOT/pyproject.toml" "$dir/"; fi
   cp "$ROOT/kubeflow/check_image.py" "$ROOT/kubeflow/kubeflow_v2_runner.py" "$dir/kubeflow/"
   cp "$ROOT/requirements/tfx-1.16-py311.lock" "$dir/requirements/"
   # Python packages that setup.py installs; sources only, no caches.

@@ -375,8 +375,10 @@ class EventSequenceRnn(keras.Model):
     return self._update_metrics(labels, logits, mask)
 
   def _loss_scale(self):
-    if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-      return ops.cast(self.optimizer.dynamic_scale, 'float32')
+    """The factor optimizer.scale_loss applied (1 without loss scaling)."""
+    opt = self.optimizer
+    if isinstance(opt, keras.optimizers.LossScaleOptimizer):
+      return ops.cast(opt.dynamic_scale if opt.built else opt.initial_scale, 'float32')
     return 1.0
 
   def test_step(self, data):

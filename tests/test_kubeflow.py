@@ -87,6 +87,21 @@ def test_specs_parse_with_kfp_protos_and_loader(compiled, config):
   assert loaded.pipeline_spec.pipeline_info.name == name
 
 
+def test_vertex_client_accepts_the_job(compiled):
+  """aiplatform.PipelineJob builds its request from the JSON offline (submit is the boundary)."""
+  from google.auth import credentials  # pylint: disable=g-import-not-at-top
+  from google.cloud import aiplatform  # pylint: disable=g-import-not-at-top
+  pipeline, _, json_path, _ = compiled['drum_kit']
+  job = aiplatform.PipelineJob(
+      display_name='music-rnn-drum-kit', template_path=json_path, project='my-project',
+      location='europe-west4', credentials=credentials.AnonymousCredentials(),
+      enable_caching=True)
+  request = job._gca_resource  # pylint: disable=protected-access
+  assert request.runtime_config.gcs_output_directory == f'{PIPELINE_ROOT}/music-rnn-drum-kit'
+  assert sorted(request.pipeline_spec['root']['dag']['tasks']) == sorted(
+      c.id for c in pipeline.components)
+
+
 @pytest.mark.parametrize('config', sorted(DATA))
 def test_every_component_image_command_args_and_wiring(compiled, config):
   pipeline, job, _, _ = compiled[config]

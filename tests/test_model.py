@@ -262,3 +262,40 @@ def test_mirrored_strategy_two_replicas_matches_one_device():
   for name in model_lib.METRIC_NAMES:
     np.testing.assert_allclose(out['h2'][name], out['h1'][name], rtol=1e-5)
     np.testing.assert_allclose(out['e2'][name], out['e1'][name], rtol=1e-5)
+
+
+def test_mixed_bfloat16_runs_the_rnn_low_and_the_softmax_float32():
+  config, hparams = _small('drum_kit', dropout_keep_prob=1.0)
+  model = model_lib.build_model(config, hparams, 'mixed_bfloat16')
+  cell = model.rnn_layers[0].cell
+  assert isinstance(cell, model_lib.AttentionLSTMCell)
+  assert cell.compute_dtype == cell.lstm.compute_dtype == 'bfloat16'
+  assert model.rnn_layers[1].cell.compute_dtype == 'bfloat16'
+  assert {v.dtype for v in model.weights if v.trainable} == {'float32'}
+  x, lens, labels, _ = _batch(config, [6, 3], seed=6)
+  logits = model({'inputs': x, 'lengths': lens})
+  assert logits.dtype == tf.float32
+  reference = model_lib.build_model(config, hparams)
+  reference.set_weights(model.get_weights())
+  full = reference({'inputs': x, 'lengths': lens}).numpy()
+  np.testing.assert_allclose(logits.numpy(), full, atol=0.05)  # bfloat16: ~3 digits
+  step_logits, _ = model.step(x[:, 0], model.initial_state(2))
+  assert step_logits.dtype == tf.float32
+  logs = model.train_step(({'inputs': x, 'lengths': lens}, labels))
+  assert np.isfinite(float(logs['loss']))
+
+
+def test_mixed_float16_clips_the_unscaled_gradient():
+  keras.utils.set_random_seed(0)
+  clip = 1e-4  # far below every gradient's norm
+  config, hparams = _small('basic_rnn', dropout_keep_prob=1.0, clip_norm=clip)
+  model = model_lib.build_model(config, hparams, 'mixed_float16')
+  model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), jit_compile=False)
+  assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+  x, lens, labels, _ = _batch(config, [5, 3], seed=5)
+  before = [v.numpy() for v in model.trainable_variables]
+  model.train_step(({'inputs': x, 'lengths': lens}, labels))
+  # Each tensor moves by exactly clip_norm: not by clip_norm / loss scale, which
+  # clipping the scaled gradient would give, nor 0 (a step skipped as non-finite).
+  norms = [np.linalg.norm(v.numpy() - b) for v, b in zip(model.trainable_variables, before)]
+  np.testing.assert_allclose(norms, clip, rtol=1e-2)

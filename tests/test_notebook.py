@@ -4,6 +4,7 @@ Any cell error fails the test; the outputs a new user is meant to see (TFDV stat
 schema, anomalies, TensorBoard, the pushed model) must be there.
 """
 
+import importlib.util
 import os
 import signal
 
@@ -76,14 +77,16 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   assert 'facets-overview' in _text(_cell(nb, "outputs['statistics']"))
   assert 'drum_pitches' in _text(_cell(nb, "outputs['schema']"))
   assert 'No anomalies found' in _text(_cell(nb, "outputs['anomalies']"))
-  tuner = _text(_cell(nb, "if 'Tuner' in components:"))
-  if 'Tuner' in ids:
-    assert 'trial' in tuner.lower()
+  tuner = _cell(nb, "if 'Tuner' in components:")
+  if importlib.util.find_spec('music_rnn.tuning') is not None:  # tuning is in this tree
+    assert ids[-3:] == ['Tuner', 'Trainer', 'Pusher']
+    assert 'eval_loss' in _text(tuner)  # the trial report table
+    assert any('image/png' in o.get('data', {}) for o in tuner.outputs)
   else:
-    assert 'No Tuner in this pipeline' in tuner
+    assert 'No Tuner in this pipeline' in _text(tuner)
   trainer = _text(_cell(nb, "run_through('Trainer')"))
   assert 'perplexity' in trainer
-  assert 'tensorboard' in _text(_cell(nb, '%tensorboard')).lower()
+  assert 'tensorboard-frame-' in _text(_cell(nb, '%tensorboard'))  # the server answered
   pushed = _text(_cell(nb, "run_through('Pusher')"))
   assert 'serving_default' in pushed and os.path.join(out, 'serving', 'drum_kit') in pushed
   assert os.listdir(os.path.join(out, 'serving', 'drum_kit'))

@@ -112,6 +112,42 @@ def test_checkpointer_keeps_the_k_best_and_counts_evals_since_best(tmp_path):
   np.testing.assert_array_equal(again.logits_layer.kernel.numpy(), 6.0)
 
 
+def test_pipeline_passes_a_stable_checkpoint_dir_and_the_base_model(tmp_path):
+  from pipeline import pipeline as pipeline_lib
+  kwargs = dict(pipeline_name='p', pipeline_root=str(tmp_path / 'root'),
+                data_root=str(tmp_path), model_config=CONFIG,
+                serving_model_dir=str(tmp_path / 'serving'),
+                preprocessing_fn='module_file.preprocessing_fn', run_fn='module_file.run_fn',
+                train_steps=5, eval_steps=1)
+  p = pipeline_lib.create_pipeline(
+      **kwargs, checkpoint_dir='/ckpt', warm_start_from='/models/drum_kit/1',
+      trainer_options={'checkpoint_every': 2, 'mixed_precision': 'auto'})
+  nodes = {c.id: c for c in p.components}
+  custom = nodes['Trainer'].exec_properties['custom_config']
+  custom = json.loads(custom) if isinstance(custom, str) else custom
+  assert custom['checkpoint_dir'] == '/ckpt'
+  assert custom['checkpoint_every'] == 2 and custom['mixed_precision'] == 'auto'
+  assert nodes['base_model_importer'].exec_properties['artifact_uri'] == '/models/drum_kit/1'
+  assert nodes['Trainer'].inputs['base_model'].producer_component_id == 'base_model_importer'
+  # Without one, the pipeline root (stable across executions) holds the checkpoints.
+  trainer, = [c for c in pipeline_lib.create_pipeline(**kwargs).components if c.id == 'Trainer']
+  custom = trainer.exec_properties['custom_config']
+  custom = json.loads(custom) if isinstance(custom, str) else custom
+  assert custom['checkpoint_dir'] == str(tmp_path / 'root' / 'checkpoints')
+  with pytest.raises(ValueError, match='Unknown trainer option'):
+    pipeline_lib.create_pipeline(**kwargs, trainer_options={'patience': 1})
+
+
+def test_data_fingerprint_follows_the_input_files(tmp_path):
+  data = tmp_path / 'a.tfrecord'
+  data.write_bytes(b'x')
+  first = checkpointing.data_fingerprint(str(tmp_path), '*.tfrecord', eval_ratio=0.1)
+  assert checkpointing.data_fingerprint(str(tmp_path), '*.tfrecord', eval_ratio=0.1) == first
+  assert checkpointing.data_fingerprint(str(tmp_path), '*.tfrecord', eval_ratio=0.2) != first
+  data.write_bytes(b'xy')
+  assert checkpointing.data_fingerprint(str(tmp_path), '*.tfrecord', eval_ratio=0.1) != first
+
+
 # --- run_fn. --------------------------------------------------------------------
 
 
@@ -206,14 +242,19 @@ def test_killed_run_resumes_to_the_configured_step_count(transformed, resumed,  
   np.testing.assert_allclose(exported.model_variables[0].numpy(),
                              best.get_tensor('weights/0/.ATTRIBUTES/VARIABLE_VALUE'))
 
-  # A changed run (here: fewer steps) starts afresh, never from the stale weights.
+  # A changed run (here: the learning rate) starts afresh, never from stale weights.
+  # Its rate is too small to move a float32 weight, so the eval loss never improves
+  # after the first evaluation and patience 2 stops it at the third (step 6).
   _no_export(monkeypatch)
-  other = _fn_args_kwargs(root, tmp_path / 'other', train_steps=1,
-                          checkpoint_dir=checkpoint_root)
+  other = _fn_args_kwargs(root, tmp_path / 'other', checkpoint_dir=checkpoint_root,
+                          early_stopping_patience=2)
+  other['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e-12}
   training.run_fn(_fn_args(**other))
-  assert _report(other)['resumed_from_step'] is None
-  assert _report(other)['steps_this_run'] == 1
-  assert _report(other)['checkpoint_dir'] != report['checkpoint_dir']
+  other = _report(other)
+  assert other['resumed_from_step'] is None
+  assert other['checkpoint_dir'] != report['checkpoint_dir']
+  assert other['stopped_early_at_step'] == other['train_steps'] == 6
+  assert other['exported']['step'] == 2
 
 
 def test_non_finite_loss_stops_with_magenta_advice(transformed, tmp_path):  # noqa: F811
