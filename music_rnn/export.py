@@ -55,7 +55,8 @@ def serving_feature_spec(raw_feature_spec: Dict[str, Any]) -> Dict[str, Any]:
   return spec
 
 
-def _dense(x) -> tf.Tensor:
+def to_dense(x) -> tf.Tensor:
+  """A parsed/transformed feature (sparse, ragged or dense) as a dense tensor."""
   if isinstance(x, tf.SparseTensor):
     return tf.sparse.to_dense(x)
   if isinstance(x, tf.RaggedTensor):
@@ -65,7 +66,7 @@ def _dense(x) -> tf.Tensor:
 
 def _per_example(x) -> tf.Tensor:
   """A transformed scalar feature as int64 [batch]."""
-  x = _dense(x)
+  x = to_dense(x)
   return tf.cast(tf.reshape(x, [tf.shape(x)[0]]), tf.int64)
 
 
@@ -90,7 +91,7 @@ class ServingModule(tf.Module):
       raw = tf.io.parse_example(examples, spec)
       transformed = tft_layer(raw)
       lengths = _per_example(transformed[features.LENGTH])
-      flat = tf.cast(_dense(transformed[features.INPUTS]), tf.float32)  # [B, max_len * D]
+      flat = tf.cast(to_dense(transformed[features.INPUTS]), tf.float32)  # [B, max_len * D]
       inputs = tf.reshape(flat, [tf.shape(flat)[0], -1, input_size])
       # At least one step, so a batch of empty sequences still runs.
       inputs = tf.pad(inputs, [[0, 0], [0, tf.maximum(1 - tf.shape(inputs)[1], 0)], [0, 0]])

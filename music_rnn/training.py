@@ -89,14 +89,6 @@ def resolve_hparams(config: configs.ModelConfig, overrides: Optional[Dict[str, A
 # --- Input pipeline. ------------------------------------------------------------
 
 
-def _dense(x) -> tf.Tensor:
-  if isinstance(x, tf.SparseTensor):
-    return tf.sparse.to_dense(x)
-  if isinstance(x, tf.RaggedTensor):
-    return x.to_tensor()
-  return x
-
-
 def _glob(file_patterns: Sequence[str]) -> List[str]:
   if isinstance(file_patterns, str):
     file_patterns = [file_patterns]
@@ -110,8 +102,8 @@ def parse_transformed(serialized, feature_spec: Dict[str, Any], input_size: int)
   """One transformed tf.Example -> (inputs [length, input_size] float32, labels, length)."""
   parsed = tf.io.parse_single_example(serialized, feature_spec)
   length = tf.cast(tf.reshape(parsed[features.LENGTH], []), tf.int32)
-  flat = tf.cast(_dense(parsed[features.INPUTS]), tf.float32)
-  labels = tf.cast(tf.reshape(_dense(parsed[features.LABELS]), [-1]), tf.int32)
+  flat = tf.cast(export.to_dense(parsed[features.INPUTS]), tf.float32)
+  labels = tf.cast(tf.reshape(export.to_dense(parsed[features.LABELS]), [-1]), tf.int32)
   with tf.control_dependencies([
       tf.debugging.assert_equal(tf.size(flat), length * input_size,
                                 message='inputs size != length * input_size'),
