@@ -10,6 +10,8 @@ PYTEST_ARGS ?=
 # `make run` trains CPU-sized models (Magenta's layer sizes take ~100 s/step for drum_kit on
 # 2 cores). Override for Magenta's defaults, e.g. `make run RUN_ARGS='--train-steps 20000'`.
 RUN_ARGS ?= --train-steps 100 --batch-size 32 --hparams 'rnn_layer_sizes=[64,64]'
+# Appended to RUN_ARGS (benchmarks/pipeline_walltime.py puts outputs elsewhere with it).
+RUN_EXTRA ?=
 
 .PHONY: venv data data-full run test oracle benchmarks clean airflow-venv kubeflow-spec image
 
@@ -45,8 +47,8 @@ data-full: $(STAMP)
 	$(BIN)/python data/build_mma.py --output data/drums/mma_grooves.tfrecord
 
 run: data
-	$(BIN)/music-rnn run --config drum_kit $(RUN_ARGS)
-	$(BIN)/music-rnn run --config attention_rnn $(RUN_ARGS)
+	$(BIN)/music-rnn run --config drum_kit $(RUN_ARGS) $(RUN_EXTRA)
+	$(BIN)/music-rnn run --config attention_rnn $(RUN_ARGS) $(RUN_EXTRA)
 
 # Airflow 2.10 needs Werkzeug < 3, the main lock has 3.1: .venv-airflow holds only Airflow's
 # packages (its lock, --no-deps) and reaches everything else (TFX, this package) through a

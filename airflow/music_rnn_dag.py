@@ -12,6 +12,8 @@ build the same DAGs:
   MUSIC_RNN_AIRFLOW_HPARAMS      Magenta syntax, e.g. 'rnn_layer_sizes=[64,64]'
   MUSIC_RNN_AIRFLOW_BEAM_ARGS    one shell-quoted string (default: DirectRunner in-process)
   MUSIC_RNN_AIRFLOW_SERVING_DIR  Pusher root (default: serving/models)
+  MUSIC_RNN_AIRFLOW_BLESSING     Evaluator thresholds, e.g. 'max_perplexity_fraction=0.8,
+                                 loss_tolerance=none' (default: pipeline/configs.py BLESSING)
   MUSIC_RNN_HOME                 pipeline roots and ML-Metadata go to $MUSIC_RNN_HOME/airflow/
 """
 
@@ -60,7 +62,8 @@ def build_dag(model_config: str):
       metadata_connection_config=tfx.orchestration.metadata
       .sqlite_metadata_connection_config(metadata_path),
       beam_pipeline_args=shlex.split(_setting('BEAM_ARGS', ''))
-      or list(configs.BEAM_PIPELINE_ARGS))
+      or list(configs.BEAM_PIPELINE_ARGS),
+      blessing=configs.BLESSING.replace(_setting('BLESSING', '')))
   # Triggered by hand (UI, `airflow dags trigger`, `airflow dags test`), never backfilled.
   dag_config = {'schedule': None, 'start_date': datetime.datetime(2024, 1, 1),
                 'catchup': False, 'tags': ['music-rnn', config.kind]}

@@ -45,6 +45,8 @@ def _constant(param: Dict[str, Any]) -> Any:
 def dotted_paths(spec: Dict[str, Any]) -> Iterator[Tuple[str, str, str]]:
   """Yields (where, kind, dotted path) for every path the spec asks a container to import."""
   for label, executor in sorted(spec['deploymentSpec']['executors'].items()):
+    if 'container' not in executor:
+      continue  # a resolver: a metadata query run by the KFP backend, no container
     container = executor['container']
     yield label, 'module', _module_of(container['command'])
     args = container.get('args', [])

@@ -53,7 +53,8 @@ def build_pipeline(model_config: str,
                    train_steps: int = configs.TRAIN_STEPS,
                    eval_steps: int = configs.EVAL_STEPS,
                    hparams: Optional[Dict[str, Any]] = None,
-                   seed: int = 0):
+                   seed: int = 0,
+                   blessing: Optional[Any] = None):
   """The pipeline for `model_config` with GCS paths; ML-Metadata is the cluster's own."""
   config = model_configs.get_config(model_config)
   if hparams:
@@ -75,7 +76,8 @@ def build_pipeline(model_config: str,
       hparams=hparams,
       seed=seed,
       beam_pipeline_args=list(beam_pipeline_args if beam_pipeline_args is not None
-                              else DEFAULT_BEAM_PIPELINE_ARGS))
+                              else DEFAULT_BEAM_PIPELINE_ARGS),
+      blessing=blessing or configs.BLESSING)
 
 
 def compile_pipeline(image: str, output: str, **pipeline_args) -> Dict[str, Any]:
@@ -93,6 +95,13 @@ def compile_pipeline(image: str, output: str, **pipeline_args) -> Dict[str, Any]
 def _hparams(text: str) -> Dict[str, Any]:
   try:
     return model_configs.parse_hparams(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _blessing(text: str):
+  try:
+    return configs.BLESSING.replace(text)
   except ValueError as e:
     raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -117,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--hparams', type=_hparams, default={},
                       help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64]'.")
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
+                      help="Evaluator thresholds, e.g. 'max_perplexity_fraction=0.8,"
+                      "loss_tolerance=none' (default: pipeline/configs.py BLESSING).")
   parser.add_argument('--output', required=True, help='Spec file: .json or .yaml.')
   return parser
 
@@ -127,7 +139,8 @@ def main(argv: Optional[List[str]] = None) -> int:
       model_config=args.config, pipeline_root=args.pipeline_root, data=args.data,
       image=args.image, output=args.output, beam_pipeline_args=args.beam_pipeline_args,
       serving_model_dir=args.serving_dir, train_steps=args.train_steps,
-      eval_steps=args.eval_steps, hparams=args.hparams, seed=args.seed)
+      eval_steps=args.eval_steps, hparams=args.hparams, seed=args.seed,
+      blessing=args.blessing)
   print(f'Wrote {args.output}')
   return 0
 

@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--output-root', help='Pipeline root and ML-Metadata location.')
   p.add_argument('--serving-dir', help='Pusher destination root (default serving/models).')
   p.add_argument('--no-cache', action='store_true', help="Disable TFX's execution cache.")
+  p.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
+                 help='Evaluator thresholds, only blessed models are pushed: '
+                 'max_perplexity_fraction (eval perplexity must be below this times the '
+                 'number of classes) and loss_tolerance (eval loss at most this above the '
+                 'latest blessed model\'s); "none" turns one off. Default: '
+                 'max_perplexity_fraction=0.5,loss_tolerance=0.01.')
   t = p.add_argument_group('tuning', 'Search rnn_layer_sizes, learning_rate, clip_norm, ... '
                            'with a TFX Tuner and train the final model with the best.')
   t.add_argument('--tune', action='store_true', help='Add the Tuner before the Trainer.')
@@ -178,14 +184,24 @@ def _cmd_run(args) -> int:
       early_stopping_patience=args.early_stopping_patience,
       mixed_precision=args.mixed_precision,
       replicas=args.replicas,
-      global_batch_size=args.global_batch_size)
+      global_batch_size=args.global_batch_size,
+      blessing=args.blessing)
   print(f'\n== {args.config}: pipeline {summary.pipeline_name} finished')
   for component, state in summary.component_states.items():
     print(f'   {component:<28} {state}')
   kept = {k: v for k, v in summary.extraction_stats.items() if k.endswith('extracted')}
   print(f'   extracted sequences: {kept}')
   print(f'   trained model:  {summary.trainer_model}')
-  print(f'   pushed model:   {summary.pushed_model}')
+  verdict = summary.evaluation
+  if verdict is None:
+    print('   evaluator:      did not run')
+  else:
+    against = 'vs the latest blessed model' if verdict['baseline'] else 'no earlier blessed model'
+    print(f'   evaluator:      {"BLESSED" if verdict["blessed"] else "NOT blessed"} ({against})')
+    if verdict['metrics']:
+      print('   eval split:     ' + ', '.join(
+          f'{k}={v:.4f}' for k, v in sorted(verdict['metrics'].items())))
+  print(f'   pushed model:   {summary.pushed_model or "nothing pushed by this run"}')
   m = summary.metrics
   if m.get('train_steps') is not None:
     exported = m.get('exported') or {}
@@ -197,10 +213,10 @@ def _cmd_run(args) -> int:
     print(f'   checkpoints:    {m.get("checkpoint_dir")}')
   eval_metrics = summary.metrics.get('eval', {})
   if eval_metrics:
-    print('   eval split:     ' + ', '.join(
+    print('   trainer eval:   ' + ', '.join(
         f'{k}={v:.4f}' for k, v in sorted(eval_metrics.items()) if isinstance(v, float)))
   else:
-    print('   eval split:     no metrics recorded (see the Trainer log)')
+    print('   trainer eval:   no metrics recorded (see the Trainer log)')
   if summary.tuning:
     tuning = summary.tuning
     values = ', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}'
@@ -212,6 +228,14 @@ def _cmd_run(args) -> int:
       print(f'                   {tuning["report_png"]}')
     print(f'   reuse with:     --hyperparameters {tuning["uri"]}')
   return 0
+
+
+def _blessing(text: str):
+  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
+  try:
+    return pipeline_configs.BLESSING.replace(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive_float(text: str) -> float:

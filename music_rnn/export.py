@@ -8,6 +8,9 @@ Signatures:
     encodes the events); probabilities[b, t] is the distribution of event t + 1
     given events 0..t, for t < lengths[b] (later steps are padding).
   model_config() -> {'config_json': tf.string scalar}: ModelConfig.to_json(hparams).
+  evaluate(examples: tf.string [None]) -> per-example float32 [batch] sums over the real
+    steps ('xent', 'steps', 'correct', 'events', ...: model.STAT_NAMES), which the
+    Evaluator (TFMA) adds up into loss, perplexity and the accuracies.
   generate(primer, num_steps, temperature, seed) -> {'events', 'log_likelihood'},
   prime(primer) and extend(events, state, ...): sampling in the graph, see
     music_rnn/generation.py and serving/README.md.
@@ -30,6 +33,7 @@ from music_rnn import model as model_lib
 
 SERVING_SIGNATURE = 'serving_default'
 CONFIG_SIGNATURE = 'model_config'
+EVALUATE_SIGNATURE = 'evaluate'
 GENERATE_SIGNATURE = 'generate'
 PRIME_SIGNATURE = 'prime'
 EXTEND_SIGNATURE = 'extend'
@@ -85,9 +89,10 @@ class ServingModule(tf.Module):
     input_size = config.input_size
     tft_layer = self.tft_layer
     config_json = self.config_json
+    no_event_label = config.no_event_label
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
-    def serve(examples):
+    def transformed_batch(examples):
+      """Raw serialized examples -> (transformed features, inputs [B, T, D], lengths)."""
       raw = tf.io.parse_example(examples, spec)
       transformed = tft_layer(raw)
       lengths = _per_example(transformed[features.LENGTH])
@@ -95,6 +100,11 @@ class ServingModule(tf.Module):
       inputs = tf.reshape(flat, [tf.shape(flat)[0], -1, input_size])
       # At least one step, so a batch of empty sequences still runs.
       inputs = tf.pad(inputs, [[0, 0], [0, tf.maximum(1 - tf.shape(inputs)[1], 0)], [0, 0]])
+      return transformed, inputs, lengths
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+    def serve(examples):
+      transformed, inputs, lengths = transformed_batch(examples)
       logits = model({model_lib.INPUTS: inputs, model_lib.LENGTHS: lengths}, training=False)
       return {
           'probabilities': tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
@@ -102,11 +112,26 @@ class ServingModule(tf.Module):
           'transpose_amount': _per_example(transformed[features.TRANSPOSE_AMOUNT]),
       }
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
+    def evaluate(examples):
+      """Per-example sums (model_lib.STAT_NAMES) on the labels Transform derives from
+      the events: TFMA adds them up into the Trainer's metrics (music_rnn/evaluation)."""
+      transformed, inputs, lengths = transformed_batch(examples)
+      labels = tf.cast(to_dense(transformed[features.LABELS]), tf.int32)  # [B, max_len - 1]
+      labels = tf.pad(labels, [[0, 0], [0, tf.maximum(1 - tf.shape(labels)[1], 0)]])
+      steps = tf.shape(labels)[1]
+      num_labels = tf.maximum(lengths - 1, 0)
+      logits = model({model_lib.INPUTS: inputs[:, :steps], model_lib.LENGTHS: num_labels},
+                     training=False)
+      mask = model_lib.sequence_mask(num_labels, steps)
+      return model_lib.example_stats(labels, logits, mask, no_event_label)
+
     @tf.function(input_signature=[])
     def model_config():
       return {'config_json': tf.constant(config_json)}
 
     self.serve = serve
+    self.evaluate = evaluate
     self.model_config = model_config
 
 
@@ -118,6 +143,7 @@ def export_serving_model(model: model_lib.EventSequenceRnn, config: configs.Mode
   tf.saved_model.save(module, export_dir, signatures={
       SERVING_SIGNATURE: module.serve.get_concrete_function(),
       CONFIG_SIGNATURE: module.model_config.get_concrete_function(),
+      EVALUATE_SIGNATURE: module.evaluate.get_concrete_function(),
       GENERATE_SIGNATURE: module.generator.generate.get_concrete_function(),
       PRIME_SIGNATURE: module.generator.prime.get_concrete_function(),
       EXTEND_SIGNATURE: module.generator.extend.get_concrete_function(),

@@ -24,6 +24,7 @@ Differences from Magenta, all deliberate:
   scaled gradients equals clipping the true ones (clip_by_norm is scale-equivariant).
 """
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import keras
@@ -124,10 +125,16 @@ class AttentionLSTMCell(keras.layers.Layer):
 # --- Metrics. ------------------------------------------------------------------
 
 
-def sequence_stats(labels, logits, mask, no_event_label: int) -> Dict[str, tf.Tensor]:
-  """Sums over the real steps of a batch; every metric is a ratio of two of them.
+STAT_NAMES = ('xent', 'steps', 'correct', 'events', 'correct_events', 'no_events',
+              'correct_no_events')
 
-  labels int [B, T], logits [B, T, C], mask [B, T] (1 on real steps).
+
+def example_stats(labels, logits, mask, no_event_label: int) -> Dict[str, tf.Tensor]:
+  """Per-sequence sums over its real steps, float32 [B] each (keys: STAT_NAMES).
+
+  labels int [B, T], logits [B, T, C], mask [B, T] (1 on real steps). Every metric is a
+  ratio of two of these sums, so the Trainer (batch sums) and the exported `evaluate`
+  signature (one row per example, summed by TFMA) compute the same numbers.
   """
   labels = ops.cast(labels, 'int32')
   mask = ops.cast(mask, 'float32')
@@ -138,14 +145,20 @@ def sequence_stats(labels, logits, mask, no_event_label: int) -> Dict[str, tf.Te
   is_no_event = ops.cast(ops.equal(labels, no_event_label), 'float32') * mask
   is_event = mask - is_no_event
   return {
-      'xent': ops.sum(xent * mask),
-      'steps': ops.sum(mask),
-      'correct': ops.sum(correct * mask),
-      'events': ops.sum(is_event),
-      'correct_events': ops.sum(correct * is_event),
-      'no_events': ops.sum(is_no_event),
-      'correct_no_events': ops.sum(correct * is_no_event),
+      'xent': ops.sum(xent * mask, axis=1),
+      'steps': ops.sum(mask, axis=1),
+      'correct': ops.sum(correct * mask, axis=1),
+      'events': ops.sum(is_event, axis=1),
+      'correct_events': ops.sum(correct * is_event, axis=1),
+      'no_events': ops.sum(is_no_event, axis=1),
+      'correct_no_events': ops.sum(correct * is_no_event, axis=1),
   }
+
+
+def sequence_stats(labels, logits, mask, no_event_label: int) -> Dict[str, tf.Tensor]:
+  """`example_stats` summed over the batch: scalars."""
+  return {k: ops.sum(v) for k, v in example_stats(labels, logits, mask,
+                                                  no_event_label).items()}
 
 
 class _SequenceRatio(keras.metrics.Metric):
@@ -158,6 +171,7 @@ class _SequenceRatio(keras.metrics.Metric):
   """
   numerator = ''
   denominator = ''
+  exponentiate = False  # Perplexity: exp of the ratio
 
   def __init__(self, name: str, no_event_label: int = 0, **kwargs):
     super().__init__(name=name, **kwargs)
@@ -178,7 +192,7 @@ class _SequenceRatio(keras.metrics.Metric):
     return ops.where(self.count > 0, self.total / ops.maximum(self.count, 1.0), float('nan'))
 
   def result(self):
-    return self.ratio()
+    return ops.exp(self.ratio()) if self.exponentiate else self.ratio()
 
   def get_config(self):
     return {'name': self.name, 'no_event_label': self.no_event_label}
@@ -195,12 +209,10 @@ class SequenceLoss(_SequenceRatio):
 class Perplexity(_SequenceRatio):
   """exp(loss)."""
   numerator, denominator = 'xent', 'steps'
+  exponentiate = True
 
   def __init__(self, name='perplexity', **kwargs):
     super().__init__(name=name, **kwargs)
-
-  def result(self):
-    return ops.exp(self.ratio())
 
 
 class SequenceAccuracy(_SequenceRatio):
@@ -230,10 +242,23 @@ class NoEventAccuracy(_SequenceRatio):
 METRIC_NAMES = ('loss', 'perplexity', 'accuracy', 'event_accuracy', 'no_event_accuracy')
 
 
+METRIC_CLASSES = dict(zip(METRIC_NAMES, (
+    SequenceLoss, Perplexity, SequenceAccuracy, EventAccuracy, NoEventAccuracy)))
+
+
 def make_metrics(no_event_label: int) -> List[_SequenceRatio]:
   """The five metrics, in METRIC_NAMES order."""
-  return [cls(no_event_label=no_event_label) for cls in (
-      SequenceLoss, Perplexity, SequenceAccuracy, EventAccuracy, NoEventAccuracy)]
+  return [cls(no_event_label=no_event_label) for cls in METRIC_CLASSES.values()]
+
+
+def metric_from_sums(name: str, sums: Dict[str, float]) -> float:
+  """A metric's value from STAT_NAMES sums (outside Keras, e.g. in TFMA); NaN if empty."""
+  cls = METRIC_CLASSES[name]
+  count = float(sums.get(cls.denominator, 0.0))
+  if count <= 0:
+    return float('nan')
+  ratio = float(sums[cls.numerator]) / count
+  return math.exp(ratio) if cls.exponentiate else ratio
 
 
 def sequence_loss(labels, logits, mask):

@@ -10,7 +10,9 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
 from music_rnn import checkpointing
+from music_rnn import blessing as blessing_lib
 from music_rnn import configs as model_configs
+from music_rnn import evaluation
 from music_rnn import training
 from music_rnn import tuning
 from pipeline import configs
@@ -29,6 +31,9 @@ class RunSummary:
   extraction_stats: Dict[str, int]
   component_states: Dict[str, str]
   tuning: Optional[Dict[str, Any]] = None  # the Tuner's or Importer's hyperparameters
+  # The Evaluator's verdict: {'blessed': bool, 'metrics': {name: value on the eval split},
+  # 'baseline': bool (compared with an earlier blessed model)}; None if it did not run.
+  evaluation: Optional[Dict[str, Any]] = None
 
 
 def run(model_config: str,
@@ -53,7 +58,8 @@ def run(model_config: str,
         early_stopping_patience: Optional[int] = configs.EARLY_STOPPING_PATIENCE,
         mixed_precision: Optional[str] = None,
         replicas: Optional[int] = None,
-        global_batch_size: Optional[int] = None) -> RunSummary:
+        global_batch_size: Optional[int] = None,
+        blessing: Optional[blessing_lib.BlessingThresholds] = None) -> RunSummary:
   """Runs the whole pipeline for `model_config` on `data` (a file, dir or glob).
 
   `tune` adds the Tuner (search state under <output_root>/tuner/); `hyperparameters`
@@ -61,7 +67,9 @@ def run(model_config: str,
   Trainer checkpoints go to <output_root>/checkpoints/<pipeline>/<run key>/: re-running
   a killed run with the same inputs resumes there. `fast_dev_run` trains
   FAST_DEV_RUN_TRAIN_STEPS small batches as pipeline <name>-fast-dev-run, pushing to
-  <output_root>/fast-dev-run/serving unless `serving_models_dir` is given.
+  <output_root>/fast-dev-run/serving unless `serving_models_dir` is given, and its
+  Evaluator blesses whatever it scores (a smoke test checks wiring, not quality).
+  `blessing` defaults to pipeline/configs.py's BLESSING.
   """
   config = model_configs.get_config(model_config)
   if hparams:
@@ -102,6 +110,8 @@ def run(model_config: str,
     trial_steps, max_trials = train_steps, min(max_trials, 2)
     if serving_models_dir == configs.SERVING_MODELS_DIR:
       serving_models_dir = os.path.join(output_root, 'fast-dev-run', 'serving')
+    blessing = blessing_lib.BlessingThresholds(max_perplexity_fraction=None,
+                                             loss_tolerance=None)
   trainer_options = {k: v for k, v in trainer_options.items() if v is not None}
   pipeline_root = os.path.join(output_root, 'pipelines', name)
   metadata_path = os.path.join(output_root, 'metadata', name, 'metadata.db')
@@ -133,7 +143,8 @@ def run(model_config: str,
       hyperparameters_uri=hyperparameters,
       checkpoint_dir=os.path.join(output_root, 'checkpoints', name),
       warm_start_from=warm_start_from,
-      trainer_options=trainer_options)
+      trainer_options=trainer_options,
+      blessing=blessing or configs.BLESSING)
   logging.info('Running pipeline %s (root %s)', name, pipeline_root)
   tfx.orchestration.LocalDagRunner().run(p)
   return summarize(name, metadata_path)
@@ -184,7 +195,22 @@ def summarize(pipeline_name: str, metadata_path: str) -> RunSummary:
       metrics=metrics,
       extraction_stats=stats,
       component_states={k: v.state for k, v in sorted(results.items())},
-      tuning=_tuning_summary(metadata_path, pipeline_name, first))
+      tuning=_tuning_summary(metadata_path, pipeline_name, first),
+      evaluation=_evaluation_summary(first))
+
+
+def _evaluation_summary(first) -> Optional[Dict[str, Any]]:
+  blessing = first('Evaluator', 'blessing')
+  scores = first('Evaluator', 'evaluation')
+  if blessing is None or scores is None:
+    return None
+  props = blessing.custom_properties
+  return {
+      'blessed': bool(props['blessed'].int_value) if 'blessed' in props else False,
+      'baseline': 'baseline_model_id' in props,
+      'metrics': evaluation.read_metrics(scores.uri),
+      'uri': scores.uri,
+  }
 
 
 def _trainer_hyperparameters(metadata_path: str, pipeline_name: str):

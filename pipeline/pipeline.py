@@ -1,4 +1,5 @@
-"""The one `create_pipeline(...)`: NoteSequences -> events -> Transform -> Trainer -> Pusher.
+"""The one `create_pipeline(...)`: NoteSequences -> events -> Transform -> Trainer ->
+Evaluator -> Pusher.
 
 With `tune`, a Tuner between Transform and Trainer searches hparams and the Trainer
 trains with the best; with `hyperparameters_uri`, an Importer hands the Trainer an
@@ -13,8 +14,11 @@ import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
 
 from components.note_sequence_example_gen import NoteSequenceExampleGen
+from components.pusher import Pusher
+from music_rnn import blessing as blessing_lib
 from music_rnn import checkpointing
 from music_rnn import configs as model_configs
+from music_rnn import evaluation
 from music_rnn import features
 from music_rnn import training
 from music_rnn import tuning
@@ -48,6 +52,7 @@ def create_pipeline(
     checkpoint_dir: Optional[str] = None,
     warm_start_from: Optional[str] = None,
     trainer_options: Optional[Dict[str, Any]] = None,
+    blessing: Optional[blessing_lib.BlessingThresholds] = None,
 ) -> tfx.dsl.Pipeline:
   """Wires the components for one model config (e.g. 'drum_kit', 'attention_rnn').
 
@@ -63,6 +68,11 @@ def create_pipeline(
   Trainer's base_model. `trainer_options` go to run_fn's custom_config (see
   training.TRAINER_OPTIONS: checkpoint_every, early_stopping_patience, mixed_precision,
   replicas, global_batch_size, ...).
+
+  Blessing: the Evaluator scores the model on the eval split (TFMA, the export's
+  `evaluate` signature) against `blessing` (default: blessing.BlessingThresholds());
+  when that compares with a baseline, the latest blessed model of this pipeline is
+  resolved as one. The Pusher pushes blessed models only, and a model only once.
   """
   if tune and hyperparameters_uri:
     raise ValueError('Pass either tune or hyperparameters_uri, not both')
@@ -155,15 +165,34 @@ def create_pipeline(
                      'checkpoint_dir': checkpoint_dir or os.path.join(pipeline_root, 'checkpoints'),
                      **(trainer_options or {})})
 
-  pusher = tfx.components.Pusher(
+  blessing = blessing or blessing_lib.BlessingThresholds()
+  baseline_resolver = None
+  if blessing.compare_to_baseline:
+    baseline_resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id('latest_blessed_model_resolver')
+
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs['examples'],
+      example_splits=[features.EVAL_SPLIT],
       model=trainer.outputs['model'],
+      baseline_model=baseline_resolver.outputs['model'] if baseline_resolver else None,
+      eval_config=evaluation.eval_config(model_configs.get_config(model_config), blessing))
+
+  pusher = Pusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_model_dir)))
 
   components = [example_gen, statistics_gen, schema_gen, example_validator, transform]
   components += [c for c in (tuner_component, importer, base_model_importer) if c is not None]
-  components += [trainer, pusher]
+  components += [trainer]
+  components += [c for c in (baseline_resolver, evaluator) if c is not None]
+  components += [pusher]
   return tfx.dsl.Pipeline(
       pipeline_name=pipeline_name,
       pipeline_root=pipeline_root,

@@ -15,7 +15,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from pipeline import mlmd_results
 from pipeline import pipeline as pipeline_lib
-from tests.conftest import PROJECT_ROOT, bundled, write_slice_with_eval
+from tests.conftest import PROJECT_ROOT, SMOKE_BLESSING, bundled, write_slice_with_eval
 
 AIRFLOW_BIN = os.path.join(PROJECT_ROOT, '.venv-airflow', 'bin')
 DAG_FOLDER = os.path.join(PROJECT_ROOT, 'airflow')
@@ -60,6 +60,7 @@ def airflow_env(tmp_path):
       MUSIC_RNN_AIRFLOW_EVAL_STEPS='2',
       MUSIC_RNN_AIRFLOW_HPARAMS='rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
       MUSIC_RNN_AIRFLOW_SERVING_DIR=str(tmp_path / 'serving'),
+      MUSIC_RNN_AIRFLOW_BLESSING=SMOKE_BLESSING,
       TF_CPP_MIN_LOG_LEVEL='2')
 
 

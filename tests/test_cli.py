@@ -19,6 +19,13 @@ from tests.conftest import bundled, write_slice
     (['run', '--config', 'drum_kit', '--hparams', 'learning_rate=-1'], 'learning_rate must be > 0'),
     (['run', '--config', 'drum_kit', '--hparams', 'batch_size'], 'expected name=value'),
     (['run', '--config', 'drum_kit', '--workers', '-1'], 'expected an integer >= 0'),
+    (['run', '--config', 'drum_kit', '--blessing', 'max_perplexity=1'],
+     "unknown threshold 'max_perplexity'"),
+    (['run', '--config', 'drum_kit', '--blessing', 'loss_tolerance=-1'],
+     'loss_tolerance must be >= 0'),
+    (['run', '--config', 'drum_kit', '--blessing', 'max_perplexity_fraction=lots'],
+     'max_perplexity_fraction must be a number or none'),
+    (['run', '--config', 'drum_kit', '--blessing', 'loss_tolerance'], 'expected name=value'),
     (['extract', '--input', 'x.tfrecord'], 'the following arguments are required: --config'),
     (['frobnicate'], "invalid choice: 'frobnicate'"),
 ])
@@ -68,3 +75,13 @@ def test_console_script_runs_outside_the_tree(tmp_path):
                         cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'does not exist' in proc.stderr
+
+
+def test_blessing_overrides_keep_the_other_defaults():
+  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
+  default = pipeline_configs.BLESSING
+  changed = default.replace('loss_tolerance=none')
+  assert changed.loss_tolerance is None and not changed.compare_to_baseline
+  assert changed.max_perplexity_fraction == default.max_perplexity_fraction
+  assert default.replace(' max_perplexity_fraction = 0.8 ,').max_perplexity_fraction == 0.8
+  assert default.replace('') == default

@@ -220,7 +220,7 @@ MELODY_PRIMER = [[60, -2, 60, -2, 67, -2, 67, -2], [98, -2, 100, -1, 102, -2, 10
 def exported(tmp_path_factory):
   """{config name: pushed SavedModel dir} from real (tiny) pipeline runs."""
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
-  from tests.conftest import bundled, write_slice_with_eval  # pylint: disable=g-import-not-at-top
+  from tests.conftest import bundled, smoke_blessing, write_slice_with_eval  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('pipelines')
   dirs = {}
   for name, spec in TINY.items():
@@ -228,7 +228,8 @@ def exported(tmp_path_factory):
     data = write_slice_with_eval(bundled(kind), str(root / 'data' / f'{kind}.tfrecord'), n)
     summary = local_runner.run(
         model_config=name, data=data, train_steps=2, eval_steps=1, hparams=spec['hparams'],
-        seed=3, output_root=str(root / 'out'), serving_models_dir=str(root / 'serving'))
+        seed=3, output_root=str(root / 'out'), serving_models_dir=str(root / 'serving'),
+        blessing=smoke_blessing())
     assert summary.pushed_model, summary
     dirs[name] = summary.pushed_model
   return dirs
@@ -403,3 +404,47 @@ def test_latest_model_dir_is_the_newest_version(tmp_path):
     client.parse_melody_primer('[60, 200]')
   with pytest.raises(ValueError, match='cannot parse'):
     client.parse_drum_primer('[(36,')
+
+
+# --- The `evaluate` signature the Evaluator scores with. -----------------------------
+
+
+@pytest.mark.parametrize('name', sorted(TINY))
+def test_evaluate_signature_scores_like_serving_default(exported, name):
+  """Per-example sums from `evaluate` equal what serving_default's probabilities and
+  note-seq's labels give, on real-like sequences of several lengths (0, 1, 2, many)."""
+  from music_rnn import extraction  # pylint: disable=g-import-not-at-top
+  from tests import test_encoding  # pylint: disable=g-import-not-at-top
+
+  config = configs.get_config(name)
+  rng = random.Random(11)
+  if config.kind == configs.DRUMS:
+    sequences = [[], [frozenset({36})], [frozenset({36}), frozenset()]] + [
+        test_encoding.real_drums(rng, n) for n in (17, 64)]
+    raw = [[tuple(sorted(step)) for step in events] for events in sequences]
+  else:
+    sequences = [[], [60], [60, -2]] + [test_encoding.real_melody(rng, n) for n in (17, 64)]
+    raw = sequences
+  serialized = [extraction.to_tf_example(extraction.ExtractedSequence(
+      source_id=f's{i}', track_index=0, start_step=0, steps_per_bar=16, steps_per_quarter=4,
+      qpm=120.0, events=list(events)), config).SerializeToString()
+      for i, events in enumerate(raw)]
+
+  loaded = tf.saved_model.load(exported[name])
+  stats = {k: v.numpy() for k, v in loaded.signatures['evaluate'](
+      examples=tf.constant(serialized)).items()}
+  probs = loaded.signatures['serving_default'](
+      examples=tf.constant(serialized))['probabilities'].numpy()
+
+  for i, events in enumerate(sequences):
+    _, labels, _ = test_encoding.oracle(name, events)
+    steps = len(labels)
+    p = probs[i, np.arange(steps), labels] if steps else np.zeros([0])
+    correct = probs[i, :steps].argmax(-1) == labels if steps else np.zeros([0], bool)
+    is_no_event = labels == config.no_event_label
+    expected = {
+        'xent': -np.log(p).sum(), 'steps': steps, 'correct': correct.sum(),
+        'events': (~is_no_event).sum(), 'correct_events': (correct & ~is_no_event).sum(),
+        'no_events': is_no_event.sum(), 'correct_no_events': (correct & is_no_event).sum()}
+    got = {k: float(v[i]) for k, v in stats.items()}
+    assert got == pytest.approx(expected, rel=1e-4, abs=1e-4), (i, len(events))

@@ -32,7 +32,7 @@ DATA = {'drum_kit': 'gs://my-bucket/data/drums/*.tfrecord*',
 DATAFLOW_ARGS = ['--runner=DataflowRunner', '--project=my-project', '--region=europe-west4',
                  '--temp_location=gs://my-bucket/tmp', f'--sdk_container_image={IMAGE}',
                  '--experiments=use_runner_v2']
-BEAM_COMPONENTS = ('NoteSequenceExampleGen', 'StatisticsGen', 'Transform')
+BEAM_COMPONENTS = ('NoteSequenceExampleGen', 'StatisticsGen', 'Transform', 'Evaluator')
 
 
 def _load_runner():
@@ -98,8 +98,22 @@ def test_vertex_client_accepts_the_job(compiled):
       enable_caching=True)
   request = job._gca_resource  # pylint: disable=protected-access
   assert request.runtime_config.gcs_output_directory == f'{PIPELINE_ROOT}/music-rnn-drum-kit'
-  assert sorted(request.pipeline_spec['root']['dag']['tasks']) == sorted(
-      c.id for c in pipeline.components)
+  assert sorted(request.pipeline_spec['root']['dag']['tasks']) == _task_names(pipeline)
+
+
+def _is_resolver(node) -> bool:
+  from tfx.dsl.components.common import resolver  # pylint: disable=g-import-not-at-top
+  return isinstance(node, resolver.Resolver)
+
+
+def _task_names(pipeline):
+  """KFP v2 task names: one per component; TFX compiles the latest-blessed-model resolver
+  into two metadata queries, <id>-model-resolver and <id>-model-blessing-resolver."""
+  names = []
+  for node in pipeline.components:
+    names += ([f'{node.id}-model-resolver', f'{node.id}-model-blessing-resolver']
+              if _is_resolver(node) else [node.id])
+  return sorted(names)
 
 
 @pytest.mark.parametrize('config', sorted(DATA))
@@ -109,12 +123,17 @@ def test_every_component_image_command_args_and_wiring(compiled, config):
   tasks = spec['root']['dag']['tasks']
   executors = spec['deploymentSpec']['executors']
   ids = [c.id for c in pipeline.components]
-  assert 'Trainer' in ids and 'Pusher' in ids
-  assert sorted(tasks) == sorted(ids)  # nothing missing, nothing extra
+  assert {'Trainer', 'Evaluator', 'Pusher', 'latest_blessed_model_resolver'} <= set(ids)
+  assert sorted(tasks) == _task_names(pipeline)  # nothing missing, nothing extra
+  resolver_task = 'latest_blessed_model_resolver-model-resolver'
+  assert resolver_task in tasks['Evaluator']['dependentTasks']  # the baseline model
 
   for component in pipeline.components:
+    if _is_resolver(component):
+      continue  # a metadata query, no container
     task = tasks[component.id]
-    assert sorted(task.get('dependentTasks', [])) == sorted(u.id for u in component.upstream_nodes)
+    assert sorted(task.get('dependentTasks', [])) == sorted(
+        f'{u.id}-model-resolver' if _is_resolver(u) else u.id for u in component.upstream_nodes)
     label = spec['components'][task['componentRef']['name']]['executorLabel']
     container = executors[label]['container']
     assert container['image'] == IMAGE

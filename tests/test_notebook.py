@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import PROJECT_ROOT, bundled, write_slice_with_eval
+from tests.conftest import PROJECT_ROOT, SMOKE_BLESSING, bundled, write_slice_with_eval
 
 NOTEBOOK = os.path.join(PROJECT_ROOT, 'notebooks', 'music_rnn_walkthrough.ipynb')
 
@@ -51,7 +51,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
       'CONFIG': 'drum_kit', 'DATA': data, 'TRAIN_STEPS': '3', 'EVAL_STEPS': '2',
       'HPARAMS': 'rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
       'TUNE': '1', 'MAX_TRIALS': '2', 'TRIAL_STEPS': '2', 'TENSORBOARD': '1',
-      'GENERATE_STEPS': '16', 'OUTPUT': out}.items():
+      'GENERATE_STEPS': '16', 'OUTPUT': out, 'BLESSING': SMOKE_BLESSING}.items():
     monkeypatch.setenv('MUSIC_RNN_NB_' + key, value)
   monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
   # The kernel imports the working tree, like pytest (pythonpath = .), not whatever an older
@@ -69,7 +69,8 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   # Every component of the one create_pipeline ran, in order.
   order = _text(_cell(nb, 'components = {c.id: c for c in pipeline.components}'))
   ids = order.strip().splitlines()[-1].split(' -> ')
-  assert ids[0] == 'NoteSequenceExampleGen' and ids[-2:] == ['Trainer', 'Pusher']
+  assert ids[0] == 'NoteSequenceExampleGen'
+  assert ids[-3:] == ['Trainer', 'Evaluator', 'Pusher']  # no baseline: no resolver
 
   stats = _text(_cell(nb, 'read_stats('))
   assert 'drum_tracks_extracted' in stats
@@ -79,7 +80,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   assert 'No anomalies found' in _text(_cell(nb, "outputs['anomalies']"))
   tuner = _cell(nb, "if 'Tuner' in components:")
   if importlib.util.find_spec('music_rnn.tuning') is not None:  # tuning is in this tree
-    assert ids[-3:] == ['Tuner', 'Trainer', 'Pusher']
+    assert ids[-4:] == ['Tuner', 'Trainer', 'Evaluator', 'Pusher']
     assert 'eval_loss' in _text(tuner)  # the trial report table
     assert any('image/png' in o.get('data', {}) for o in tuner.outputs)
   else:
@@ -87,6 +88,9 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   trainer = _text(_cell(nb, "run_through('Trainer')"))
   assert 'perplexity' in trainer
   assert 'tensorboard-frame-' in _text(_cell(nb, '%tensorboard'))  # the server answered
+  evaluated = _text(_cell(nb, "run_through('Evaluator')"))
+  assert 'BLESSED' in evaluated and 'NOT blessed' not in evaluated
+  assert 'perplexity' in evaluated and 'no_event_accuracy' in evaluated
   pushed = _text(_cell(nb, "run_through('Pusher')"))
   assert 'serving_default' in pushed and os.path.join(out, 'serving', 'drum_kit') in pushed
   assert os.listdir(os.path.join(out, 'serving', 'drum_kit'))

@@ -5,6 +5,7 @@ a fresh process that never imports the project, and TFX's cache on a re-run.
 """
 
 import json
+import math
 import os
 import textwrap
 
@@ -14,12 +15,17 @@ import tensorflow as tf
 from components.note_sequence_example_gen import executor as example_gen_executor
 from music_rnn import configs as model_configs
 from music_rnn import features
+from pipeline import configs as pipeline_configs
 from pipeline import local_runner
 from pipeline import mlmd_results
 from tests.conftest import bundled, run_fresh_python, write_slice_with_eval
 
 COMPONENTS = ('NoteSequenceExampleGen', 'StatisticsGen', 'SchemaGen', 'ExampleValidator',
-              'Transform', 'Trainer', 'Pusher')
+              'Transform', 'Trainer', 'latest_blessed_model_resolver', 'Evaluator', 'Pusher')
+
+# A few training steps leave perplexity near a uniform guess (num_classes): bless below
+# twice that; a later model may be at most 0.01 nats/step worse than the blessed one.
+BLESSING = 'max_perplexity_fraction=2,loss_tolerance=0.01'
 
 SMALL = {
     'drum_kit': dict(slice=('drums', 10), hparams={'rnn_layer_sizes': [32, 32],
@@ -30,7 +36,7 @@ SMALL = {
 }
 
 
-def _run(tmp_path, config_name):
+def _run(tmp_path, config_name, blessing=BLESSING):
   kind, n = SMALL[config_name]['slice']
   data = str(tmp_path / 'data' / f'{kind}.tfrecord')
   if not os.path.exists(data):
@@ -38,7 +44,8 @@ def _run(tmp_path, config_name):
   return local_runner.run(
       model_config=config_name, data=data, train_steps=3, eval_steps=2,
       hparams=SMALL[config_name]['hparams'], seed=7,
-      output_root=str(tmp_path / 'out'), serving_models_dir=str(tmp_path / 'serving'))
+      output_root=str(tmp_path / 'out'), serving_models_dir=str(tmp_path / 'serving'),
+      blessing=pipeline_configs.BLESSING.replace(blessing))
 
 
 def _serialized_eval_examples(results, n=3):
@@ -137,6 +144,19 @@ def test_local_pipeline_end_to_end(tmp_path, config_name):
     assert key in summary.metrics['train'], summary.metrics
   assert summary.metrics['hparams']['rnn_layer_sizes'] == [32, 32]
 
+  # Evaluator: TFMA's per-step metrics on the eval split, the Trainer's definitions;
+  # the first model of the pipeline has no blessed baseline and passes the thresholds.
+  verdict = summary.evaluation
+  assert verdict['blessed'] and not verdict['baseline'], verdict
+  scores = verdict['metrics']
+  assert set(scores) == {'loss', 'perplexity', 'accuracy', 'event_accuracy',
+                         'no_event_accuracy'}, scores
+  assert 0 < scores['loss'] < math.log(2 * config.num_classes)
+  assert scores['perplexity'] == pytest.approx(math.exp(scores['loss']), rel=1e-6)
+  assert 0 <= scores['accuracy'] <= 1
+  blessing = results['Evaluator'].outputs['blessing'][0]
+  assert os.path.exists(os.path.join(blessing.uri, 'BLESSED'))
+
   # Pusher: a SavedModel under serving/<config>/<version>/ loads in a fresh process.
   assert summary.pushed_model and os.path.isdir(summary.pushed_model)
   assert os.path.dirname(summary.pushed_model) == str(tmp_path / 'serving' / config_name)
@@ -146,7 +166,25 @@ def test_local_pipeline_end_to_end(tmp_path, config_name):
   assert out['config']['hparams']['rnn_layer_sizes'] == [32, 32]
 
   if config_name == 'drum_kit':
-    # Nothing changed: a re-run is served from TFX's cache.
+    # Nothing changed: a re-run is served from TFX's cache up to the Trainer. The resolver
+    # now finds the first model as the blessed baseline, so the Evaluator compares the
+    # model with itself (blessed), and the Pusher recognises it as already pushed.
     again = _run(tmp_path, config_name)
-    assert all(s == 'CACHED' for s in again.component_states.values()), again
+    upstream = set(COMPONENTS) - {'latest_blessed_model_resolver', 'Evaluator', 'Pusher'}
+    assert all(again.component_states[c] == 'CACHED' for c in upstream), again
+    assert again.evaluation['baseline'] and again.evaluation['blessed'], again.evaluation
     assert again.pushed_model == summary.pushed_model
+    assert os.listdir(tmp_path / 'serving' / config_name) == [
+        os.path.basename(summary.pushed_model)]
+
+    # Stricter thresholds: the model fails the perplexity bound, is not blessed, and
+    # nothing is pushed.
+    strict = _run(tmp_path, config_name,
+                  blessing='max_perplexity_fraction=0.01,loss_tolerance=0.01')
+    assert strict.component_states['Trainer'] == 'CACHED'
+    assert strict.component_states['Evaluator'] == 'COMPLETE'
+    assert strict.evaluation['baseline'] and not strict.evaluation['blessed'], strict.evaluation
+    assert strict.evaluation['metrics'] == pytest.approx(summary.evaluation['metrics'])
+    assert strict.pushed_model is None
+    assert os.listdir(tmp_path / 'serving' / config_name) == [
+        os.path.basename(summary.pushed_model)]

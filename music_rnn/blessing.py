@@ -1,0 +1,48 @@
+"""When the Evaluator blesses a model: the thresholds, and their 'name=value,...' syntax.
+
+Kept apart from music_rnn/evaluation.py (TFMA, Beam) so settings and command lines
+can hold thresholds without importing TFMA.
+"""
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class BlessingThresholds:
+  """When the Evaluator blesses a model; pipeline/configs.py BLESSING is the default."""
+  max_perplexity_fraction: Optional[float] = 0.5  # of num_classes; None: no bound
+  loss_tolerance: Optional[float] = 0.01  # vs the latest blessed model; None: no baseline
+
+  def __post_init__(self):
+    if self.max_perplexity_fraction is not None and not self.max_perplexity_fraction > 0:
+      raise ValueError(f'max_perplexity_fraction must be > 0, got '
+                       f'{self.max_perplexity_fraction}')
+    if self.loss_tolerance is not None and not self.loss_tolerance >= 0:
+      raise ValueError(f'loss_tolerance must be >= 0, got {self.loss_tolerance}')
+
+  @property
+  def compare_to_baseline(self) -> bool:
+    return self.loss_tolerance is not None
+
+  def replace(self, text: str) -> 'BlessingThresholds':
+    """Overrides from 'name=value,...' (value a number or 'none'), as the CLI's
+    --blessing, Airflow's and the notebook's settings give them."""
+    known = [f.name for f in dataclasses.fields(self)]
+    changes = {}
+    for item in filter(None, (part.strip() for part in (text or '').split(','))):
+      name, sep, value = item.partition('=')
+      name, value = name.strip(), value.strip()
+      if not sep or not value:
+        raise ValueError(f'blessing: expected name=value, got {item!r}')
+      if name not in known:
+        raise ValueError(f'blessing: unknown threshold {name!r}; known: {known}')
+      if value.lower() == 'none':
+        changes[name] = None
+        continue
+      try:
+        changes[name] = float(value)
+      except ValueError:
+        raise ValueError(f'blessing: {name} must be a number or none, '
+                         f'got {value!r}') from None
+    return dataclasses.replace(self, **changes)
