@@ -7,8 +7,8 @@ depend on the weights), prints events/s for batch 1 and batch 64 over 512 steps:
     the whole sequence) and samples from its last step. Its cost grows with the length,
     so it is timed at lengths 1, 256 and 512 and summed over 1..512 (linear
     interpolation); a full naive run would take many CPU-minutes.
-Also prints the matvec-only floor of the drum RNN at batch 1 (the weights it must read
-per event), since batch 1 is bound by memory bandwidth on small machines.
+`generate` is timed twice: in the default export, whose sampling loop is XLA-compiled,
+and in an export made with jit_compile=False (plain TensorFlow ops, `--no-xla-generation`).
 
 Usage: python benchmarks/generate_throughput.py [--configs drum_kit,attention_rnn]
        [--steps 512] [--work-dir build/benchmarks/generate]
@@ -53,10 +53,12 @@ def _example(config, events) -> bytes:
   return extraction.to_tf_example(seq, config).SerializeToString()
 
 
-def export_untrained(config, work_dir: str) -> str:
-  """An export of a freshly initialised default-size model (Transform run in Beam)."""
+def export_untrained(config, work_dir: str, jit_compile: bool = True) -> str:
+  """An export of a freshly initialised default-size model (Transform run in Beam);
+  `jit_compile`: XLA-compiled sampling loop (the default export) or plain TF ops."""
   import functools  # pylint: disable=g-import-not-at-top
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
   import tensorflow_transform.beam as tft_beam  # pylint: disable=g-import-not-at-top
   from tensorflow_transform.tf_metadata import dataset_metadata  # pylint: disable=g-import-not-at-top
@@ -67,7 +69,7 @@ def export_untrained(config, work_dir: str) -> str:
   from music_rnn import model as model_lib  # pylint: disable=g-import-not-at-top
   from music_rnn import preprocessing  # pylint: disable=g-import-not-at-top
 
-  out = os.path.join(work_dir, config.name)
+  out = os.path.join(work_dir, config.name + ('' if jit_compile else '-no-xla'))
   if os.path.exists(os.path.join(out, 'saved_model.pb')):
     return out
   tmp = tempfile.mkdtemp(dir=work_dir)
@@ -86,9 +88,10 @@ def export_untrained(config, work_dir: str) -> str:
   # Where TFX's Transform puts the raw schema (serving_default parses requests with it).
   metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
                              os.path.join(transform_dir, 'metadata'))
+  keras.utils.set_random_seed(0)
   model = model_lib.build_model(config, config.hparams)
   export.export_serving_model(model, config, config.hparams,
-                              tft.TFTransformOutput(transform_dir), out)
+                              tft.TFTransformOutput(transform_dir), out, jit_compile=jit_compile)
   return out
 
 
@@ -97,7 +100,9 @@ def _primer(config, batch):
 
 
 def time_generate(loaded, config, batch, steps, repeats):
-  """Best events/s of `repeats` calls (the machine is shared: best is least disturbed)."""
+  """(best events/s of `repeats` calls, seconds of the first call). The machine is
+  shared: the best is the least disturbed. The first call at a new shape also traces,
+  and with XLA compiles, the sampling loop."""
   generate = loaded.signatures['generate']
 
   def call(num_steps, seed):
@@ -105,7 +110,9 @@ def time_generate(loaded, config, batch, steps, repeats):
                     num_steps=tf.constant(num_steps), temperature=tf.constant(1.0),
                     seed=tf.constant(seed, tf.int64))
 
-  call(4, 0)  # the first call optimizes the graph
+  start = time.perf_counter()
+  call(steps, repeats)
+  first = time.perf_counter() - start
   best = 0.
   for seed in range(repeats):
     start = time.perf_counter()
@@ -113,7 +120,7 @@ def time_generate(loaded, config, batch, steps, repeats):
     seconds = time.perf_counter() - start
     assert out['events'].shape == (batch, 1 + steps)
     best = max(best, batch * steps / seconds)
-  return best
+  return best, first
 
 
 def _decode(config, labels, events):
@@ -162,29 +169,6 @@ def time_naive(loaded, config, batch, steps, lengths, repeats):
   return batch * steps / total, cost
 
 
-def matvec_floor(config, repeats=200):
-  """Seconds per event to read the generator's weight matrices once (matvecs only), and
-  their MB. The gathered one-hot rows are left out: a step reads one row of them."""
-  from music_rnn import generation  # pylint: disable=g-import-not-at-top
-  from music_rnn import model as model_lib  # pylint: disable=g-import-not-at-top
-  stepper = generation.Generator(model_lib.build_model(config, config.hparams), config).stepper
-  matrices = [v for v in stepper.variables if len(v.shape) == 2 and '_hot' not in v.name]
-
-  @tf.function
-  def loop(n):
-    def body(i, acc):
-      for w in matrices:
-        acc += tf.reduce_sum(tf.matmul(tf.fill([1, w.shape[0]], acc), w))
-      return i + 1, acc * 1e-9
-    return tf.while_loop(lambda i, _: i < n, body, (0, tf.constant(1.)))
-
-  loop(tf.constant(5))
-  start = time.perf_counter()
-  loop(tf.constant(repeats))
-  seconds = (time.perf_counter() - start) / repeats
-  return seconds, sum(int(np.prod(w.shape)) for w in matrices) * 4 / 1e6
-
-
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('--configs', default='drum_kit,attention_rnn')
@@ -204,19 +188,21 @@ def main():
     print(f'\n[{name}] rnn_layer_sizes={list(hp.rnn_layer_sizes)} attn_length={hp.attn_length}'
           f' input_size={config.input_size} classes={config.num_classes} '
           f'(export + load {time.perf_counter() - start:.0f} s)')
+    plain = tf.saved_model.load(export_untrained(config, args.work_dir, jit_compile=False))
     for batch in (1, 64):
-      fast = time_generate(loaded, config, batch, args.steps, repeats=3 if batch == 1 else 2)
+      fast, first = time_generate(loaded, config, batch, args.steps,
+                                  repeats=3 if batch == 1 else 2)
+      no_xla, first_no_xla = time_generate(plain, config, batch, args.steps,
+                                           repeats=3 if batch == 1 else 2)
       # The naive cost is about linear in the length: three lengths pin it down.
       slow, cost = time_naive(loaded, config, batch, args.steps,
                               (1, args.steps // 2, args.steps), repeats=2 if batch == 1 else 1)
-      print(f'  batch {batch:>2}, {args.steps} steps: generate {fast:9.0f} events/s | naive '
-            f'serving_default loop {slow:7.1f} events/s | speed-up {fast / slow:6.0f}x')
-      print('           naive seconds per step at length ' + ', '.join(
-          f'{k}: {v:.3f}' for k, v in sorted(cost.items())))
-    if config.kind == configs.DRUMS:
-      seconds, megabytes = matvec_floor(config)
-      print(f'  batch 1 floor: reading the {megabytes:.1f} MB of weight matrices once takes '
-            f'{seconds * 1e3:.2f} ms here = at most {1 / seconds:.0f} events/s')
+      print(f'  batch {batch:>2}, {args.steps} steps: generate {fast:9.0f} events/s '
+            f'(without XLA {no_xla:7.0f}) | naive serving_default loop {slow:7.1f} events/s | '
+            f'speed-up {fast / slow:6.0f}x')
+      print(f'           first call (trace + XLA compile) {first:.1f} s, without XLA '
+            f'{first_no_xla:.1f} s; naive seconds per step at length ' + ', '.join(
+                f'{k}: {v:.3f}' for k, v in sorted(cost.items())))
   print(f'\nload average at end: {os.getloadavg()[0]:.1f}')
 
 

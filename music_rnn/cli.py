@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--output-root', help='Pipeline root and ML-Metadata location.')
   p.add_argument('--serving-dir', help='Pusher destination root (default serving/models).')
   p.add_argument('--no-cache', action='store_true', help="Disable TFX's execution cache.")
+  p.add_argument('--no-xla-generation', action='store_true',
+                 help="Export the generate/prime/extend signatures as plain TensorFlow ops "
+                 "instead of an XLA-compiled sampling loop (slower at small batches; for "
+                 "servers without XLA, e.g. TF Serving without --xla_cpu_compilation_enabled).")
   p.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
                  help='Evaluator thresholds, only blessed models are pushed: '
                  'max_perplexity_fraction (eval perplexity must be below this times the '
@@ -183,6 +187,7 @@ def _cmd_run(args) -> int:
       checkpoint_every=args.checkpoint_every or pipeline_configs.CHECKPOINT_EVERY,
       early_stopping_patience=args.early_stopping_patience,
       mixed_precision=args.mixed_precision,
+      xla_generation=not args.no_xla_generation,
       replicas=args.replicas,
       global_batch_size=args.global_batch_size,
       blessing=args.blessing)

@@ -78,12 +78,13 @@ class ServingModule(tf.Module):
   """What gets saved: the model's variables, the Transform layer, two functions."""
 
   def __init__(self, model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
-               hparams: configs.HParams, tf_transform_output: tft.TFTransformOutput):
+               hparams: configs.HParams, tf_transform_output: tft.TFTransformOutput,
+               jit_compile: bool = True):
     super().__init__(name='music_rnn')
     # Only variables are tracked (not the Keras object graph, not optimizer slots).
     self.model_variables = list(model.trainable_variables) + list(model.non_trainable_variables)
     self.tft_layer = tf_transform_output.transform_features_layer()
-    self.generator = generation.Generator(model, config)
+    self.generator = generation.Generator(model, config, jit_compile=jit_compile)
     self.config_json = config.to_json(hparams)
     spec = serving_feature_spec(tf_transform_output.raw_feature_spec())
     input_size = config.input_size
@@ -137,9 +138,12 @@ class ServingModule(tf.Module):
 
 def export_serving_model(model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
                          hparams: configs.HParams, tf_transform_output: tft.TFTransformOutput,
-                         export_dir: str) -> str:
-  """Saves the SavedModel (and assets.extra/model_config.json) to `export_dir`."""
-  module = ServingModule(model, config, hparams, tf_transform_output)
+                         export_dir: str, jit_compile: bool = True) -> str:
+  """Saves the SavedModel (and assets.extra/model_config.json) to `export_dir`.
+
+  `jit_compile`: the generation signatures' sampling loop is XLA-compiled.
+  """
+  module = ServingModule(model, config, hparams, tf_transform_output, jit_compile)
   tf.saved_model.save(module, export_dir, signatures={
       SERVING_SIGNATURE: module.serve.get_concrete_function(),
       CONFIG_SIGNATURE: module.model_config.get_concrete_function(),

@@ -18,6 +18,8 @@ tf.while_loops:
   - Sampling is Gumbel-max with stateless uniforms keyed by (seed, position): the same
     seed gives the same events, and a sequence continued in several `extend` calls
     equals one `generate` call.
+  - The sampling loop is XLA-compiled by default (`jit_compile`): per step it fuses
+    the ~100 small ops whose fixed cost dominates at batch 1.
 
 Event values are Magenta's: melodies -2 no event, -1 note off, 0..127 note on; drums
 the MultiDrumOneHotEncoding class index 0..511. Melody primers are squashed into the
@@ -49,18 +51,19 @@ _NUM_DRUM_CLASSES = 2 ** configs.NUM_DRUM_CLASSES
 # layer can gather weight rows instead of multiplying by a mostly-zero vector.
 
 
-def _read_back(hist: tf.TensorArray, index, default) -> tf.Tensor:
-  """hist[index] ([B] int64), or `default` where index < 0."""
-  value = hist.read(tf.maximum(index, 0))
+def _read_back(read, index, default) -> tf.Tensor:
+  """read(index) ([B] int64), or `default` where index < 0."""
+  value = read(tf.maximum(index, 0))
   return tf.where(index >= 0, value, tf.cast(default, tf.int64))
 
 
-def read_lookbacks(hist: tf.TensorArray, t, lookbacks: Sequence[int], default):
+def read_lookbacks(read, t, lookbacks: Sequence[int], default):
   """Per lookback distance d: (events[t - d], events[t + 1 - d]), `default` before 0.
 
-  The first tells whether event t repeats; the second is what a lookback label repeats.
+  `read(position)` returns the events at a position ([B] int64). The first tells
+  whether event t repeats; the second is what a lookback label repeats.
   """
-  return [(_read_back(hist, t - d, default), _read_back(hist, t + 1 - d, default))
+  return [(_read_back(read, t - d, default), _read_back(read, t + 1 - d, default))
           for d in lookbacks]
 
 
@@ -423,6 +426,7 @@ EVENTS_SPEC = tf.TensorSpec([None, None], tf.int64, name='events')
 NUM_STEPS_SPEC = tf.TensorSpec([], tf.int32, name='num_steps')
 TEMPERATURE_SPEC = tf.TensorSpec([], tf.float32, name='temperature')
 SEED_SPEC = tf.TensorSpec([], tf.int64, name='seed')
+SAMPLE_BUCKET = 64  # sampling buffers are sized in multiples of this many steps
 
 
 class Generator(tf.Module):
@@ -435,7 +439,8 @@ class Generator(tf.Module):
   extend(prime(p)) continued to n steps equals generate(p, n) in model space.
   """
 
-  def __init__(self, model: model_lib.EventSequenceRnn, config: configs.ModelConfig):
+  def __init__(self, model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
+               jit_compile: bool = True):
     super().__init__(name='generator')
     self.config = config
     self.encoder = step_encoder(config)
@@ -443,6 +448,15 @@ class Generator(tf.Module):
     if self.stepper.num_dense != self.encoder.num_dense:
       raise ValueError(f'model input size does not match the {config.name} encoding')
     self.melody = config.kind == configs.MELODY
+    # Known events sampling reads: the current one and those lookbacks reach.
+    self.window = max((0,) + tuple(self.encoder.lookbacks)) + 1
+    # The sampling loop compiled by XLA: one fused program per step instead of ~100
+    # small TensorFlow ops (whose per-op cost dominates at batch 1). Its uniforms come
+    # from XLA's own generator, so the same seed gives other events than with
+    # jit_compile=False; each is deterministic. See serving/README.md.
+    self.jit_compile = jit_compile
+    self._sample_fn = (tf.function(self._sample_loop, jit_compile=True) if jit_compile
+                       else self._sample_loop)
     self.generate = tf.function(self._generate, input_signature=[
         PRIMER_SPEC, NUM_STEPS_SPEC, TEMPERATURE_SPEC, SEED_SPEC])
     self.prime = tf.function(self._prime, input_signature=[PRIMER_SPEC])
@@ -517,29 +531,64 @@ class Generator(tf.Module):
     return tuple(state[:num_rnn]), tuple(state[num_rnn:])
 
   # --- Loops.
+  #
+  # Priming runs the known events through the RNN (no sampling). Sampling then needs
+  # only the newest `window` known events (the current one and what lookbacks reach)
+  # plus the new ones, so its buffer's shape depends on the batch and on num_steps
+  # rounded up to SAMPLE_BUCKET, not on how long the sequence already is: with XLA,
+  # each such shape is compiled once per process and reused (extend calls in chunks,
+  # beam search).
 
-  def _loop(self, start, stop, hist, enc_state, rnn_state, log_likelihood,
-            temperature=None, seed=None):
-    """Steps positions t in [start, stop): encodes event t and advances the RNN; given
-    a temperature, also samples event t + 1 into `hist` (else it is already there)."""
-    default = self.encoder.default_event
-    lookbacks = self.encoder.lookbacks
+  def _advance(self, read, t, enc_state, rnn_state):
+    """Encodes event t (read(position) -> [B] events) and steps the RNN:
+    (enc_state, rnn_state, logits, upcoming lookback events)."""
+    back = read_lookbacks(read, t, self.encoder.lookbacks, self.encoder.default_event)
+    enc_state, hot, dense, upcoming = self.encoder.step(enc_state, read(t), t, back)
+    logits, rnn_state = self.stepper.step(hot, dense, rnn_state)
+    return enc_state, rnn_state, logits, upcoming
 
-    def body(t, hist, enc_state, rnn_state, log_likelihood):
-      event = hist.read(t)
-      back = read_lookbacks(hist, t, lookbacks, default)
-      enc_state, hot, dense, upcoming = self.encoder.step(enc_state, event, t, back)
-      logits, rnn_state = self.stepper.step(hot, dense, rnn_state)
-      if temperature is not None:
-        labels, log_probs = _sample(logits, temperature, seed, t + 1)
-        hist = hist.write(t + 1, self.encoder.decode(labels, upcoming))
-        log_likelihood += log_probs
-      return t + 1, hist, enc_state, rnn_state, log_likelihood
+  def _prime_loop(self, events, stop, enc_state, rnn_state):
+    """Steps positions [0, stop) of events [B, T]."""
+    def read(position):
+      return tf.gather(events, position, axis=1)
 
-    _, hist, enc_state, rnn_state, log_likelihood = tf.while_loop(
-        lambda t, *_: t < stop, body,
-        (start, hist, enc_state, rnn_state, log_likelihood))
-    return hist, enc_state, rnn_state, log_likelihood
+    def body(t, enc_state, rnn_state):
+      enc_state, rnn_state, _, _ = self._advance(read, t, enc_state, rnn_state)
+      return t + 1, enc_state, rnn_state
+
+    _, enc_state, rnn_state = tf.while_loop(lambda t, *_: t < stop, body,
+                                            (0, enc_state, rnn_state))
+    return enc_state, rnn_state
+
+  def _sample_loop(self, buffer, first, num_steps, enc_state, rnn_state, temperature, seed):
+    """Samples `num_steps` events after position `first`.
+
+    buffer [B, window + n >= num_steps]: column c holds position first - window + 1 + c;
+    the first `window` columns are known (columns before position 0 are ignored), the
+    sampled events go to columns window, window + 1, ...
+    Returns (buffer, enc_state, rnn_state, log_likelihood [B]).
+    """
+    batch = tf.shape(buffer)[0]
+    rows = tf.range(batch)
+    offset = first - self.window + 1
+
+    def body(i, buffer, enc_state, rnn_state, log_likelihood):
+      t = first + i
+
+      def read(position):
+        return tf.gather(buffer, position - offset, axis=1)
+
+      enc_state, rnn_state, logits, upcoming = self._advance(read, t, enc_state, rnn_state)
+      labels, log_probs = _sample(logits, temperature, seed, t + 1)
+      column = tf.fill([batch], self.window + i)
+      buffer = tf.tensor_scatter_nd_update(buffer, tf.stack([rows, column], 1),
+                                           self.encoder.decode(labels, upcoming))
+      return i + 1, buffer, enc_state, rnn_state, log_likelihood + log_probs
+
+    _, buffer, enc_state, rnn_state, log_likelihood = tf.while_loop(
+        lambda i, *_: i < num_steps, body,
+        (0, buffer, enc_state, rnn_state, tf.zeros([batch])))
+    return buffer, enc_state, rnn_state, log_likelihood
 
   def _run(self, events, state, num_steps, temperature, seed):
     """Runs events [B, T] through the RNN (all but the last, which the state does not
@@ -548,23 +597,21 @@ class Generator(tf.Module):
     Returns (events [B, T + num_steps], packed state, log_likelihood of the new events).
     """
     batch, length = tf.shape(events)[0], tf.shape(events)[1]
-    total = length + num_steps
-    hist = tf.TensorArray(tf.int64, size=total, clear_after_read=False,
-                          element_shape=tf.TensorShape([None]))
-    hist = hist.scatter(tf.range(length), tf.transpose(events))
-    log_likelihood = tf.zeros([batch])
     if state is None:  # priming
-      rnn_state = self.stepper.zero_state(batch)
-      enc_state = self.encoder.initial_state(batch)
-      hist, enc_state, rnn_state, _ = self._loop(0, length - 1, hist, enc_state, rnn_state,
-                                                 log_likelihood)
+      enc_state, rnn_state = self._prime_loop(events, length - 1,
+                                              self.encoder.initial_state(batch),
+                                              self.stepper.zero_state(batch))
     else:
       rnn_state, enc_state = self._unpack(state)
-    if temperature is not None:
-      hist, enc_state, rnn_state, log_likelihood = self._loop(
-          length - 1, total - 1, hist, enc_state, rnn_state, log_likelihood, temperature,
-          seed)
-    return tf.transpose(hist.stack()), self._pack(rnn_state, enc_state), log_likelihood
+    if temperature is None:
+      return events, self._pack(rnn_state, enc_state), tf.zeros([batch])
+    known = events[:, tf.maximum(length - self.window, 0):]
+    room = (num_steps + SAMPLE_BUCKET - 1) // SAMPLE_BUCKET * SAMPLE_BUCKET
+    buffer = tf.pad(known, [[0, 0], [self.window - tf.shape(known)[1], room]])
+    buffer, enc_state, rnn_state, log_likelihood = self._sample_fn(
+        buffer, length - 1, num_steps, enc_state, rnn_state, temperature, seed)
+    new = buffer[:, self.window:self.window + num_steps]
+    return tf.concat([events, new], 1), self._pack(rnn_state, enc_state), log_likelihood
 
   def _to_model_space(self, primer):
     """Magenta's melody squash (drums pass through): (events, transpose_amount [B])."""

@@ -53,7 +53,7 @@ MIXED_PRECISION_POLICIES = ('mixed_float16', 'mixed_bfloat16')
 # custom_config keys beyond config_name/hparams/seed/checkpoint_dir (module docstring).
 TRAINER_OPTIONS = ('num_evals', 'devices', 'replicas', 'global_batch_size', 'data_fingerprint',
                    'checkpoint_every', 'keep_best', 'early_stopping_patience',
-                   'mixed_precision', 'fast_dev_run')
+                   'mixed_precision', 'fast_dev_run', 'xla_generation')
 METRICS_FILE = 'metrics.json'
 LOSS_CURVE_FILE = 'loss_curve.png'
 
@@ -716,5 +716,8 @@ def run_fn(fn_args) -> None:
                report['train'], report['eval'], report['exported']['weights'],
                report['exported']['step'])
 
+  # XLA-compiled sampling (default): fastest; TF Serving runs it only with
+  # --xla_cpu_compilation_enabled. xla_generation=False exports plain TensorFlow ops.
   export.export_serving_model(model, config, hparams, tf_transform_output,
-                              fn_args.serving_model_dir)
+                              fn_args.serving_model_dir,
+                              jit_compile=bool(custom_config.get('xla_generation', True)))

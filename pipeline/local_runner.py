@@ -57,6 +57,7 @@ def run(model_config: str,
         checkpoint_every: Optional[int] = configs.CHECKPOINT_EVERY,
         early_stopping_patience: Optional[int] = configs.EARLY_STOPPING_PATIENCE,
         mixed_precision: Optional[str] = None,
+        xla_generation: bool = True,
         replicas: Optional[int] = None,
         global_batch_size: Optional[int] = None,
         blessing: Optional[blessing_lib.BlessingThresholds] = None) -> RunSummary:
@@ -91,6 +92,7 @@ def run(model_config: str,
       'early_stopping_patience': early_stopping_patience,
       'keep_best': configs.KEEP_BEST,
       'mixed_precision': mixed_precision,
+      'xla_generation': None if xla_generation else False,  # default on in run_fn
       'replicas': replicas,
       'global_batch_size': global_batch_size,
       'data_fingerprint': checkpointing.data_fingerprint(

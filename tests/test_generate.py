@@ -34,10 +34,10 @@ def _model(name, seed=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _generator(name):
+def _generator(name, jit_compile=True):
   """One small untrained model's Generator per config, shared (tracing takes a while)."""
   config, model = _model(name)
-  return config, generation.Generator(model, config)
+  return config, generation.Generator(model, config, jit_compile=jit_compile)
 
 
 def _random_events(config, rng, length):
@@ -58,21 +58,20 @@ def _random_events(config, rng, length):
   return np.asarray(events, np.int64)
 
 
-def _encoder_step(encoder, state, events, hist, t):
-  back = generation.read_lookbacks(hist, tf.constant(t), encoder.lookbacks,
+def _encoder_step(encoder, state, events, t):
+  def read(position):
+    return tf.gather(tf.constant(events), position, axis=1)
+  back = generation.read_lookbacks(read, tf.constant(t), encoder.lookbacks,
                                    encoder.default_event)
   return encoder.step(state, tf.constant(events[:, t]), tf.constant(t), back)
 
 
 def _step_rows(encoder, events):
   """Runs the incremental encoder over [B, T] events; rows [B, T, input_size]."""
-  hist = tf.TensorArray(tf.int64, size=events.shape[1], clear_after_read=False,
-                        element_shape=tf.TensorShape([None]))
-  hist = hist.unstack(tf.transpose(events))
   state = encoder.initial_state(events.shape[0])
   rows = []
   for t in range(events.shape[1]):
-    state, hot, dense, _ = _encoder_step(encoder, state, events, hist, t)
+    state, hot, dense, _ = _encoder_step(encoder, state, events, t)
     rows.append(generation.dense_rows(encoder, hot, dense))
   return tf.stack(rows, 1).numpy()
 
@@ -95,11 +94,9 @@ def test_decode_inverts_labels(name):
   rng = random.Random(1)
   events = np.stack([_random_events(config, rng, 70) for _ in range(2)])
   _, labels, _ = encoding.encode_batch(config, events, squash=False)
-  hist = tf.TensorArray(tf.int64, size=70, clear_after_read=False,
-                        element_shape=tf.TensorShape([None])).unstack(tf.transpose(events))
   state = encoder.initial_state(2)
   for t in range(69):
-    state, _, _, upcoming = _encoder_step(encoder, state, events, hist, t)
+    state, _, _, upcoming = _encoder_step(encoder, state, events, t)
     decoded = encoder.decode(tf.constant(labels[:, t].numpy(), tf.int32), upcoming)
     np.testing.assert_array_equal(decoded.numpy(), events[:, t + 1], err_msg=f'position {t}')
 
@@ -112,11 +109,9 @@ def test_stepper_matches_model(name):
   events = np.stack([_random_events(config, rng, 12) for _ in range(2)])
   inputs, _, _ = encoding.encode_batch(config, events, squash=False)
   full = model({model_lib.INPUTS: inputs, model_lib.LENGTHS: tf.constant([12, 12])}).numpy()
-  hist = tf.TensorArray(tf.int64, size=12, clear_after_read=False,
-                        element_shape=tf.TensorShape([None])).unstack(tf.transpose(events))
   enc_state, rnn_state = gen.encoder.initial_state(2), gen.stepper.zero_state(2)
   for t in range(12):
-    enc_state, hot, dense, _ = _encoder_step(gen.encoder, enc_state, events, hist, t)
+    enc_state, hot, dense, _ = _encoder_step(gen.encoder, enc_state, events, t)
     logits, rnn_state = gen.stepper.step(hot, dense, rnn_state)
     np.testing.assert_allclose(logits.numpy(), full[:, t], atol=2e-5, err_msg=f'step {t}')
   # The packed state (RNN and encoder) round-trips exactly.
@@ -134,9 +129,10 @@ def _primer(config, batch=2):
   return np.array([[60, -2, 60, -2, 67, -2, 67, -2]] * batch, np.int64)
 
 
+@pytest.mark.parametrize('jit_compile', [True, False], ids=['xla', 'no_xla'])
 @pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn'])
-def test_generate_and_extend_agree(name):
-  config, gen = _generator(name)
+def test_generate_and_extend_agree(name, jit_compile):
+  config, gen = _generator(name, jit_compile)
   primer = _primer(config, batch=3)
   args = dict(temperature=tf.constant(1.0), seed=tf.constant(5, tf.int64))
   out = gen.generate(primer, tf.constant(20), **args)

@@ -20,7 +20,7 @@ from music_rnn import configs
 from music_rnn import model as model_lib
 from music_rnn import training
 from tests.conftest import bundled, write_slice_with_eval
-from tests.test_training import CONFIG, transformed  # noqa: F401  (fixture)
+from tests.test_training import CONFIG, fn_args_kwargs, transformed  # noqa: F401  (fixture)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One small LSTM layer: the behaviour under test does not depend on the cell, and
@@ -28,21 +28,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HPARAMS = {'batch_size': 4, 'rnn_layer_sizes': [8], 'attn_length': 0}
 
 
-def _fn_args_kwargs(root, out, train_steps=10, eval_split='eval', base_model=None,
-                    **custom):
-  """FnArgs as a JSON-able dict, so a child process can build the same one."""
-  return dict(
-      working_dir=str(out / 'working'),
-      train_files=[str(root / 'train' / '*.gz')],
-      eval_files=[str(root / eval_split / '*.gz')],
-      train_steps=train_steps, eval_steps=2,
-      transform_output=str(root / 'transform_output'),
-      transform_graph_path=str(root / 'transform_output'),
-      serving_model_dir=str(out / 'serving_model_dir'),
-      model_run_dir=str(out / 'model_run'),
-      base_model=base_model,
-      custom_config={'config_name': CONFIG, 'hparams': HPARAMS, 'seed': 3,
-                     'num_evals': 5, **custom})
+def _fn_args_kwargs(root, out, train_steps=10, **kwargs):
+  return fn_args_kwargs(root, out, hparams=HPARAMS, train_steps=train_steps, num_evals=5,
+                        **kwargs)
 
 
 def _fn_args(**kwargs):

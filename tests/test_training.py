@@ -116,9 +116,10 @@ def _run_fresh_python(code: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300)
 
 
-def _fn_args(root, out, eval_split='eval', train_steps=6, hyperparameters=None):
-  from tfx import v1 as tfx
-  return tfx.components.FnArgs(
+def fn_args_kwargs(root, out, hparams=None, train_steps=6, eval_split='eval', num_evals=3,
+                   hyperparameters=None, base_model=None, **custom):
+  """FnArgs fields as a JSON-able dict, so a child process can build the same FnArgs."""
+  return dict(
       working_dir=str(out / 'working'),
       train_files=[str(root / 'train' / '*.gz')],
       eval_files=[str(root / eval_split / '*.gz')],
@@ -128,7 +129,14 @@ def _fn_args(root, out, eval_split='eval', train_steps=6, hyperparameters=None):
       serving_model_dir=str(out / 'serving_model_dir'),
       model_run_dir=str(out / 'model_run'),
       hyperparameters=hyperparameters,
-      custom_config={'config_name': CONFIG, 'hparams': HPARAMS, 'seed': 3, 'num_evals': 3})
+      base_model=base_model,
+      custom_config={'config_name': CONFIG, 'hparams': hparams or HPARAMS, 'seed': 3,
+                     'num_evals': num_evals, **custom})
+
+
+def _fn_args(root, out, **kwargs):
+  from tfx import v1 as tfx
+  return tfx.components.FnArgs(**fn_args_kwargs(root, out, **kwargs))
 
 
 def test_resolve_hparams_precedence():
