@@ -94,7 +94,9 @@ def _outputs(summary, component, key):
 
 
 def _exported_hparams(summary):
-  with open(os.path.join(summary.pushed_model, 'assets.extra', 'model_config.json')) as f:
+  # The Trainer's export (pushed only if blessed; these 2-step models are not).
+  export_dir = os.path.join(summary.trainer_model, 'Format-Serving')
+  with open(os.path.join(export_dir, 'assets.extra', 'model_config.json')) as f:
     return json.load(f)['hparams']
 
 
