@@ -27,7 +27,7 @@ def make_run(root: str) -> float:
   seconds = time.perf_counter() - start
   if proc.returncode != 0:
     sys.exit(f'make run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
-  states = re.findall(r'^   (\S+)\s+(COMPLETE|CACHED|FAILED|\S+)$', proc.stdout, re.M)
+  states = re.findall(r'^   (\S+)\s+([A-Z]+)$', proc.stdout, re.M)
   verdicts = re.findall(r'^   evaluator: +(.*)$', proc.stdout, re.M)
   print(f'  {seconds:7.0f} s  states: {sorted(set(s for _, s in states))}  '
         f'evaluator: {verdicts}', flush=True)
