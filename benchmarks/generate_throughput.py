@@ -33,17 +33,6 @@ from music_rnn import extraction  # pylint: disable=wrong-import-position
 from music_rnn import features  # pylint: disable=wrong-import-position
 
 
-def _raw_feature_spec(config):
-  spec = {features.SOURCE_ID: tf.io.VarLenFeature(tf.string),
-          features.QPM: tf.io.VarLenFeature(tf.float32)}
-  for key in (features.TRACK_INDEX, features.START_STEP, features.NUM_STEPS,
-              features.STEPS_PER_BAR, features.STEPS_PER_QUARTER):
-    spec[key] = tf.io.VarLenFeature(tf.int64)
-  for key in features.raw_event_features(config.kind):
-    spec[key] = tf.io.VarLenFeature(tf.int64)
-  return spec
-
-
 def _example(config, events) -> bytes:
   if config.kind == configs.DRUMS:
     events = events_lib.class_indices_to_drum_events(events)
@@ -76,7 +65,7 @@ def export_untrained(config, work_dir: str, jit_compile: bool = True) -> str:
   raw = os.path.join(tmp, 'raw.tfrecord')
   with tf.io.TFRecordWriter(raw) as writer:
     writer.write(_example(config, [0, 1, 0] if config.kind == configs.DRUMS else [60, -2, 62]))
-  schema = schema_utils.schema_from_feature_spec(_raw_feature_spec(config))
+  schema = schema_utils.schema_from_feature_spec(features.varlen_feature_spec(config.kind))
   source = tfxio.TFExampleRecord(raw, schema=schema)
   transform_dir = os.path.join(tmp, 'transform_fn')
   with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=os.path.join(tmp, 'beam')):

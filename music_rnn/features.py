@@ -44,6 +44,18 @@ def raw_event_features(kind: str):
   return (MELODY_EVENTS,) if kind == configs.MELODY else (DRUM_PITCHES, DRUM_PITCH_COUNTS)
 
 
+def varlen_feature_spec(kind: str):
+  """Every raw feature of a config kind as a tf.io.VarLenFeature (what SchemaGen gives
+  without shape inference): for building Transform inputs outside a pipeline."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  spec = {SOURCE_ID: tf.io.VarLenFeature(tf.string), QPM: tf.io.VarLenFeature(tf.float32)}
+  for key in (TRACK_INDEX, START_STEP, NUM_STEPS, STEPS_PER_BAR, STEPS_PER_QUARTER):
+    spec[key] = tf.io.VarLenFeature(tf.int64)
+  for key in raw_event_features(kind):
+    spec[key] = tf.io.VarLenFeature(tf.int64)
+  return spec
+
+
 def statistics_features(kind: str):
   """Raw features StatisticsGen describes (and so SchemaGen and Transform see).
 

@@ -454,7 +454,6 @@ class Generator(tf.Module):
     # small TensorFlow ops (whose per-op cost dominates at batch 1). Its uniforms come
     # from XLA's own generator, so the same seed gives other events than with
     # jit_compile=False; each is deterministic. See serving/README.md.
-    self.jit_compile = jit_compile
     self._sample_fn = (tf.function(self._sample_loop, jit_compile=True) if jit_compile
                        else self._sample_loop)
     self.generate = tf.function(self._generate, input_signature=[

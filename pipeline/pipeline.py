@@ -84,11 +84,11 @@ def create_pipeline(
       input_base=data_root, input_pattern=data_pattern, model_config=model_config,
       eval_ratio=eval_ratio)
 
-  kind = model_configs.get_config(model_config).kind
+  config = model_configs.get_config(model_config)
   statistics_gen = tfx.components.StatisticsGen(
       examples=example_gen.outputs['examples'],
       stats_options=tfdv.StatsOptions(
-          feature_allowlist=features.statistics_features(kind)))
+          feature_allowlist=features.statistics_features(config.kind)))
 
   # The schema describes the training data; ExampleValidator then checks eval against it.
   schema_gen = tfx.components.SchemaGen(
@@ -113,7 +113,6 @@ def create_pipeline(
       raise ValueError('tune needs tuner_fn, e.g. module_file.tuner_fn')
     if tuner not in tuning.TUNERS:
       raise ValueError(f'Unknown tuner {tuner!r}; choose one of {list(tuning.TUNERS)}')
-    config = model_configs.get_config(model_config)
     base = config.hparams.replace(**(hparams or {}))
     space = tuning.resolve_search_space(config, base, search_space)
     trial_steps = trial_steps or train_steps
@@ -179,7 +178,7 @@ def create_pipeline(
       example_splits=[features.EVAL_SPLIT],
       model=trainer.outputs['model'],
       baseline_model=baseline_resolver.outputs['model'] if baseline_resolver else None,
-      eval_config=evaluation.eval_config(model_configs.get_config(model_config), blessing))
+      eval_config=evaluation.eval_config(config, blessing))
 
   pusher = Pusher(
       model=trainer.outputs['model'],

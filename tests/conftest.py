@@ -22,6 +22,19 @@ def smoke_blessing():
   return configs.BLESSING.replace(SMOKE_BLESSING)
 
 
+def hundred_thousand_notes():
+  """(pitch, start, end[, is_drum]) tuples: 50,000 drum and 50,000 melody onsets, with a
+  4-second gap after every 2000 onsets (so extraction restarts 25 times)."""
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(0)
+  notes, t = [], 0.0
+  for i in range(50_000):
+    notes.append((rng.choice((36, 38, 42, 46)), t, t + 0.1, True))
+    notes.append((rng.randrange(55, 80), t, t + 0.12))
+    t += 0.125 + (4.0 if i % 2000 == 1999 else 0.0)
+  return notes
+
+
 def bundled(kind: str) -> str:
   """Path of the bundled NoteSequence TFRecord for 'drums' or 'melody'."""
   from music_rnn import configs as model_configs

@@ -29,7 +29,7 @@ from music_rnn import configs
 from music_rnn import extraction
 from music_rnn import features
 from music_rnn import io_utils
-from tests.conftest import PROJECT_ROOT, bundled
+from tests.conftest import PROJECT_ROOT, bundled, hundred_thousand_notes
 
 CONFIGS = ('drum_kit', 'attention_rnn')
 MIDI_FIXTURES = os.path.join(PROJECT_ROOT, 'tests', 'fixtures', 'midi')
@@ -65,13 +65,7 @@ def _drums(n, start=0.0, step=0.25):
 
 
 def _hundred_thousand_notes():
-  rng = random.Random(0)
-  notes, t = [], 0.0
-  for i in range(50_000):
-    notes.append((rng.choice((36, 38, 42, 46)), t, t + 0.1, True))
-    notes.append((rng.randrange(55, 80), t, t + 0.12))
-    t += 0.125 + (4.0 if i % 2000 == 1999 else 0.0)  # a long gap every 2000 onsets
-  return _piece('hundred_thousand_notes', notes)
+  return _piece('hundred_thousand_notes', hundred_thousand_notes())
 
 
 @functools.lru_cache(maxsize=None)

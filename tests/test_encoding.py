@@ -240,17 +240,7 @@ def make_example(name, events, source_id):
 
 def raw_feature_spec(name):
   """What SchemaGen(infer_feature_shape=False) gives: every feature VarLen."""
-  spec = {features.SOURCE_ID: tf.io.VarLenFeature(tf.string),
-          features.QPM: tf.io.VarLenFeature(tf.float32)}
-  for key in (features.TRACK_INDEX, features.START_STEP, features.NUM_STEPS,
-              features.STEPS_PER_BAR, features.STEPS_PER_QUARTER):
-    spec[key] = tf.io.VarLenFeature(tf.int64)
-  if configs.get_config(name).kind == configs.DRUMS:
-    spec[features.DRUM_PITCHES] = tf.io.VarLenFeature(tf.int64)
-    spec[features.DRUM_PITCH_COUNTS] = tf.io.VarLenFeature(tf.int64)
-  else:
-    spec[features.MELODY_EVENTS] = tf.io.VarLenFeature(tf.int64)
-  return spec
+  return features.varlen_feature_spec(configs.get_config(name).kind)
 
 
 def expected_row(name, events):

@@ -25,6 +25,7 @@ from music_rnn import configs
 from music_rnn import extraction
 from music_rnn import features
 from music_rnn import io_utils
+from tests.conftest import hundred_thousand_notes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FREEDOOM = os.path.join(ROOT, 'data', 'drums', 'freedoom.tfrecord.gz')
@@ -275,13 +276,7 @@ def test_melody_filters():
 
 
 def test_hundred_thousand_notes_in_reasonable_time():
-  rng = random.Random(0)
-  notes, t = [], 0.0
-  for i in range(50_000):
-    notes.append((rng.choice((36, 38, 42, 46)), t, t + 0.1, True))
-    notes.append((rng.randrange(55, 80), t, t + 0.12))
-    t += 0.125 + (4.0 if i % 2000 == 1999 else 0.0)
-  ns = _piece(notes)
+  ns = _piece(hundred_thousand_notes())
   assert len(ns.notes) == 100_000
   for config, kind in ((DRUMS, 'drum_tracks'), (MELODY, 'melodies')):
     stats = collections.Counter()
