@@ -13,7 +13,8 @@ build the same DAGs:
   MUSIC_RNN_AIRFLOW_BEAM_ARGS    one shell-quoted string (default: DirectRunner in-process)
   MUSIC_RNN_AIRFLOW_SERVING_DIR  Pusher root (default: serving/models)
   MUSIC_RNN_AIRFLOW_BLESSING     Evaluator thresholds, e.g. 'max_perplexity_fraction=0.8,
-                                 loss_tolerance=none' (default: pipeline/configs.py BLESSING)
+                                 unigram_margin=0.05,loss_tolerance=none' (default:
+                                 pipeline/configs.py BLESSING)
   MUSIC_RNN_HOME                 pipeline roots and ML-Metadata go to $MUSIC_RNN_HOME/airflow/
 """
 

@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
                       help="Evaluator thresholds, e.g. 'max_perplexity_fraction=0.8,"
-                      "loss_tolerance=none' (default: pipeline/configs.py BLESSING).")
+                      "unigram_margin=0.05,loss_tolerance=none' (default: "
+                      "pipeline/configs.py BLESSING).")
   parser.add_argument('--output', required=True, help='Spec file: .json or .yaml.')
   return parser
 

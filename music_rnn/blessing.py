@@ -13,6 +13,9 @@ class BlessingThresholds:
   """When the Evaluator blesses a model; pipeline/configs.py BLESSING is the default."""
   max_perplexity_fraction: Optional[float] = 0.5  # of num_classes; None: no bound
   loss_tolerance: Optional[float] = 0.01  # vs the latest blessed model; None: no baseline
+  # Eval loss at most (1 - margin) x the loss of the train split's label frequencies
+  # (unigram_loss): the model must beat a context-free guess; None: no such check.
+  unigram_margin: Optional[float] = 0.1
 
   def __post_init__(self):
     if self.max_perplexity_fraction is not None and not self.max_perplexity_fraction > 0:
@@ -20,6 +23,13 @@ class BlessingThresholds:
                        f'{self.max_perplexity_fraction}')
     if self.loss_tolerance is not None and not self.loss_tolerance >= 0:
       raise ValueError(f'loss_tolerance must be >= 0, got {self.loss_tolerance}')
+    if self.unigram_margin is not None and not 0 <= self.unigram_margin < 1:
+      raise ValueError(f'unigram_margin must be in [0, 1), got {self.unigram_margin}')
+
+  @property
+  def max_loss_vs_unigram(self) -> Optional[float]:
+    """The bound on loss / unigram_loss, or None."""
+    return None if self.unigram_margin is None else 1.0 - self.unigram_margin
 
   @property
   def compare_to_baseline(self) -> bool:

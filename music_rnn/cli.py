@@ -79,9 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
                  help='Evaluator thresholds, only blessed models are pushed: '
                  'max_perplexity_fraction (eval perplexity must be below this times the '
-                 'number of classes) and loss_tolerance (eval loss at most this above the '
-                 'latest blessed model\'s); "none" turns one off. Default: '
-                 'max_perplexity_fraction=0.5,loss_tolerance=0.01.')
+                 'number of classes), unigram_margin (eval loss at most 1 - this times the '
+                 'loss of the train split\'s label frequencies) and loss_tolerance (eval '
+                 'loss at most this above the latest blessed model\'s); "none" turns one '
+                 'off. Default: max_perplexity_fraction=0.5,unigram_margin=0.1,'
+                 'loss_tolerance=0.01.')
   t = p.add_argument_group('tuning', 'Search rnn_layer_sizes, learning_rate, clip_norm, ... '
                            'with a TFX Tuner and train the final model with the best.')
   t.add_argument('--tune', action='store_true', help='Add the Tuner before the Trainer.')
@@ -196,13 +198,21 @@ def _cmd_run(args) -> int:
     print(f'   {component:<28} {state}')
   kept = {k: v for k, v in summary.extraction_stats.items() if k.endswith('extracted')}
   print(f'   extracted sequences: {kept}')
+  if summary.split:
+    print(f'   split by piece: {summary.split["train_pieces"]} train, '
+          f'{summary.split["eval_pieces"]} eval of {summary.split["pieces"]} pieces')
   print(f'   trained model:  {summary.trainer_model}')
   verdict = summary.evaluation
   if verdict is None:
     print('   evaluator:      did not run')
   else:
     against = 'vs the latest blessed model' if verdict['baseline'] else 'no earlier blessed model'
-    print(f'   evaluator:      {"BLESSED" if verdict["blessed"] else "NOT blessed"} ({against})')
+    failed = (f'; failed: {", ".join(verdict["failed"])}' if verdict.get('failed') else '')
+    print(f'   evaluator:      {"BLESSED" if verdict["blessed"] else "NOT blessed"} '
+          f'({against}{failed})')
+    losses = local_runner.loss_vs_unigram(summary)
+    if losses:
+      print(f'   eval loss:      {losses}')
     if verdict['metrics']:
       print('   eval split:     ' + ', '.join(
           f'{k}={v:.4f}' for k, v in sorted(verdict['metrics'].items())))

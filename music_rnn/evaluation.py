@@ -5,33 +5,57 @@ steps (model.STAT_NAMES) computed on the labels the embedded Transform graph der
 from the events. The metrics here add those sums over the eval split and take the
 same ratios as the Trainer's Keras metrics (model.metric_from_sums), so `loss`,
 `perplexity`, `accuracy`, `event_accuracy` and `no_event_accuracy` mean one thing
-everywhere: per step, not per example.
+everywhere: per step, not per example. The signature also returns 'unigram_xent',
+the example's loss under the train split's label frequencies (from the Transform
+graph): `unigram_loss` is its per-step mean and `loss_vs_unigram` = loss / unigram_loss,
+how the model compares with a guess that ignores all context.
 
 Blessing (thresholds in music_rnn/blessing.py): the eval loss must be finite; the
 candidate must beat a uniform guess by a margin (perplexity below
-`max_perplexity_fraction` x num_classes) and, when a blessed model of the same
-pipeline exists, its eval loss must not exceed that model's by more than
-`loss_tolerance` nats per step.
+`max_perplexity_fraction` x num_classes) and the unigram guess by `unigram_margin`
+(loss_vs_unigram <= 1 - margin), and, when a blessed model of the same pipeline
+exists, its eval loss must not exceed that model's by more than `loss_tolerance`
+nats per step.
 """
 
+import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional
 
 import apache_beam as beam
+import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types
 
 from music_rnn import configs
 from music_rnn.blessing import BlessingThresholds
+from music_rnn import features
 from music_rnn import model as model_lib
 
 EVALUATE_SIGNATURE = 'evaluate'  # export.EVALUATE_SIGNATURE (export imports Transform)
 CANDIDATE = 'candidate'
 BASELINE = 'baseline'
+UNIGRAM_LOSS = 'unigram_loss'
+LOSS_VS_UNIGRAM = 'loss_vs_unigram'
+# What the combiners add up per example: the model's sums and the unigram baseline's.
+SUM_NAMES = model_lib.STAT_NAMES + (features.UNIGRAM_XENT,)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+  return numerator / denominator if denominator > 0 else float('nan')
+
+
+def metric_value(name: str, sums: Dict[str, float]) -> float:
+  """A metric from SUM_NAMES sums; NaN if empty or the export has no unigram_xent."""
+  if name == UNIGRAM_LOSS:
+    return _ratio(sums[features.UNIGRAM_XENT], sums['steps'])
+  if name == LOSS_VS_UNIGRAM:
+    return _ratio(sums['xent'], sums[features.UNIGRAM_XENT])
+  return model_lib.metric_from_sums(name, sums)
 
 
 class _SumsCombiner(beam.CombineFn):
-  """Adds up one model's per-example STAT_NAMES outputs; emits one metric."""
+  """Adds up one model's per-example SUM_NAMES outputs; emits one metric."""
 
   def __init__(self, key: metric_types.MetricKey, metric_name: str,
                model_name: str, multi_model: bool):
@@ -41,27 +65,29 @@ class _SumsCombiner(beam.CombineFn):
     self._multi_model = multi_model
 
   def create_accumulator(self) -> Dict[str, float]:
-    return dict.fromkeys(model_lib.STAT_NAMES, 0.0)
+    return dict.fromkeys(SUM_NAMES, 0.0)
 
   def add_input(self, accumulator: Dict[str, float],
                 element: metric_types.StandardMetricInputs) -> Dict[str, float]:
     predictions = element.predictions
     if self._multi_model:
       predictions = predictions[self._model_name]
-    for name in model_lib.STAT_NAMES:
-      accumulator[name] += float(predictions[name].sum())
+    for name in SUM_NAMES:
+      # A model exported before unigram_xent existed (e.g. an old baseline): NaN.
+      value = predictions[name].sum() if name in predictions else float('nan')
+      accumulator[name] += float(value)
     return accumulator
 
   def merge_accumulators(self, accumulators: Iterable[Dict[str, float]]) -> Dict[str, float]:
     accumulators = iter(accumulators)
     result = next(accumulators)
     for acc in accumulators:
-      for name in model_lib.STAT_NAMES:
+      for name in SUM_NAMES:
         result[name] += acc[name]
     return result
 
   def extract_output(self, accumulator: Dict[str, float]):
-    return {self._key: model_lib.metric_from_sums(self._metric_name, accumulator)}
+    return {self._key: metric_value(self._metric_name, accumulator)}
 
 
 def _step_metric_computations(metric_name: str,
@@ -86,7 +112,8 @@ def _step_metric_computations(metric_name: str,
 
 
 class _StepMetric(tfma.metrics.Metric):
-  """Base: one of model.METRIC_NAMES over all real steps of the eval split."""
+  """Base: one of model.METRIC_NAMES (or a unigram metric) over all real steps of the
+  eval split."""
   metric_name = ''
 
   def __init__(self, name: Optional[str] = None):
@@ -114,16 +141,26 @@ class NoEventAccuracy(_StepMetric):
   metric_name = 'no_event_accuracy'
 
 
+class UnigramLoss(_StepMetric):
+  """Per-step loss of the train split's (add-one smoothed) label frequencies."""
+  metric_name = UNIGRAM_LOSS
+
+
+class LossVsUnigram(_StepMetric):
+  """loss / unigram_loss: below 1 when the model beats the context-free guess."""
+  metric_name = LOSS_VS_UNIGRAM
+
+
 METRICS = {cls.metric_name: cls for cls in (
-    Loss, Perplexity, Accuracy, EventAccuracy, NoEventAccuracy)}
-assert tuple(METRICS) == model_lib.METRIC_NAMES
+    Loss, Perplexity, Accuracy, EventAccuracy, NoEventAccuracy, UnigramLoss, LossVsUnigram)}
+assert tuple(METRICS)[:len(model_lib.METRIC_NAMES)] == model_lib.METRIC_NAMES
 for _cls in METRICS.values():
   metric_types.register_metric(_cls)
 
 
 def eval_config(config: configs.ModelConfig,
                 thresholds: BlessingThresholds) -> tfma.EvalConfig:
-  """The Evaluator's EvalConfig: our five metrics, whole split, blessing thresholds."""
+  """The Evaluator's EvalConfig: our seven metrics, whole split, blessing thresholds."""
   model_specs = [tfma.ModelSpec(name=CANDIDATE, signature_name=EVALUATE_SIGNATURE,
                                 model_type=tfma.TF_GENERIC)]
   if thresholds.compare_to_baseline:
@@ -133,13 +170,14 @@ def eval_config(config: configs.ModelConfig,
   for name, cls in METRICS.items():
     threshold = None
     if name == 'perplexity' and thresholds.max_perplexity_fraction is not None:
-      threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-          upper_bound={'value': thresholds.max_perplexity_fraction * config.num_classes}))
+      threshold = _upper_bound(thresholds.max_perplexity_fraction * config.num_classes)
+    if name == LOSS_VS_UNIGRAM and thresholds.max_loss_vs_unigram is not None:
+      # NaN (no unigram_xent in the export, empty split) fails it too.
+      threshold = _upper_bound(thresholds.max_loss_vs_unigram)
     if name == 'loss':
       # Always checked: a NaN or infinite loss fails every comparison, so it is never
       # blessed (and without any threshold TFX's Evaluator would bless nothing at all).
-      threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-          upper_bound={'value': sys.float_info.max}))
+      threshold = _upper_bound(sys.float_info.max)
       if thresholds.compare_to_baseline:
         threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
             direction=tfma.MetricDirection.LOWER_IS_BETTER,
@@ -150,6 +188,11 @@ def eval_config(config: configs.ModelConfig,
       model_specs=model_specs,
       slicing_specs=[tfma.SlicingSpec()],
       metrics_specs=[tfma.MetricsSpec(metrics=metric_configs)])
+
+
+def _upper_bound(value: float) -> tfma.MetricThreshold:
+  return tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+      upper_bound={'value': value}))
 
 
 def read_metrics(evaluation_uri: str) -> Dict[str, float]:
@@ -165,3 +208,14 @@ def read_metrics(evaluation_uri: str) -> Dict[str, float]:
       return {name: float(v['doubleValue']) for name, v in values.items()
               if name in METRICS and 'doubleValue' in v}
   return {}
+
+
+def failed_thresholds(evaluation_uri: str) -> List[str]:
+  """Names of the candidate's metrics that failed a blessing threshold (sorted; [] when
+  blessed or when the Evaluator wrote no validation result)."""
+  if not tf.io.gfile.glob(os.path.join(evaluation_uri, 'validations*')):
+    return []
+  result = tfma.load_validation_result(evaluation_uri)
+  return sorted({failure.metric_key.name
+                 for per_slice in result.metric_validations_per_slice
+                 for failure in per_slice.failures})

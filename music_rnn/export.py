@@ -10,7 +10,9 @@ Signatures:
   model_config() -> {'config_json': tf.string scalar}: ModelConfig.to_json(hparams).
   evaluate(examples: tf.string [None]) -> per-example float32 [batch] sums over the real
     steps ('xent', 'steps', 'correct', 'events', ...: model.STAT_NAMES), which the
-    Evaluator (TFMA) adds up into loss, perplexity and the accuracies.
+    Evaluator (TFMA) adds up into loss, perplexity and the accuracies, and
+    'unigram_xent': the same steps' cross entropy under the training split's label
+    frequencies (Transform's analyzer), the baseline the model's loss must beat.
   generate(primer, num_steps, temperature, seed) -> {'events', 'log_likelihood'},
   prime(primer) and extend(events, state, ...): sampling in the graph, see
     music_rnn/generation.py and serving/README.md.
@@ -26,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from music_rnn import compact
 from music_rnn import configs
 from music_rnn import features
 from music_rnn import generation
@@ -40,6 +43,8 @@ EXTEND_SIGNATURE = 'extend'
 CONFIG_ASSET = os.path.join('assets.extra', 'model_config.json')
 # [{'path', 'shape'}] of ServingModule.model_variables, in order: warm start matches by path.
 VARIABLES_ASSET = os.path.join('assets.extra', 'variables.json')
+# evaluate's per-example unigram baseline (features.UNIGRAM_XENT).
+UNIGRAM_XENT = features.UNIGRAM_XENT
 
 
 def serving_feature_spec(raw_feature_spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -68,10 +73,40 @@ def to_dense(x) -> tf.Tensor:
   return x
 
 
-def _per_example(x) -> tf.Tensor:
-  """A transformed scalar feature as int64 [batch]."""
+def _per_example(x, dtype=tf.int64) -> tf.Tensor:
+  """A transformed scalar feature as [batch]."""
   x = to_dense(x)
-  return tf.cast(tf.reshape(x, [tf.shape(x)[0]]), tf.int64)
+  return tf.cast(tf.reshape(x, [tf.shape(x)[0]]), dtype)
+
+
+def _fit_width(x: tf.Tensor, width) -> tf.Tensor:
+  """x [B, W, ...] cropped or zero-padded to [B, width, ...]."""
+  x = x[:, :width]
+  pad = [[0, 0], [0, width - tf.shape(x)[1]]] + [[0, 0]] * (x.shape.rank - 2)
+  return tf.pad(x, pad)
+
+
+def model_inputs(transformed: Dict[str, Any], num_blocks: int, all_steps: bool = False):
+  """Transform's compact features of a batch -> (model inputs, labels int32 [B, S]).
+
+  The one place that turns transformed examples into what the model takes, for
+  training, evaluation and serving alike. Features may be sparse, ragged or dense, with
+  a leading batch dimension. Inputs: {HOT int32 [B, S, H], FLAGS int64 [B, S],
+  LENGTHS int32 [B]}, zero-padded after each sequence's steps. By default the steps the
+  labels are predicted from: S = max(length) - 1 (at least 1), lengths = length - 1;
+  `all_steps`: every step, S = max(length) (at least 1), lengths = length (serving).
+  """
+  length = _per_example(transformed[features.LENGTH], tf.int32)
+  max_length = tf.reduce_max(tf.concat([length, [0]], 0))
+  lengths = length if all_steps else tf.maximum(length - 1, 0)
+  steps = tf.maximum(max_length if all_steps else max_length - 1, 1)
+  hot = tf.cast(to_dense(transformed[features.HOT]), tf.int32)
+  batch = tf.shape(hot)[0]
+  hot = tf.reshape(_fit_width(hot, steps * num_blocks), [batch, steps, num_blocks])
+  flags = _fit_width(tf.cast(to_dense(transformed[features.FLAGS]), tf.int64), steps)
+  labels = _fit_width(tf.cast(to_dense(transformed[features.LABELS]), tf.int32), steps)
+  x = {model_lib.HOT: hot, model_lib.FLAGS: flags, model_lib.LENGTHS: lengths}
+  return x, labels
 
 
 class ServingModule(tf.Module):
@@ -87,45 +122,34 @@ class ServingModule(tf.Module):
     self.generator = generation.Generator(model, config, jit_compile=jit_compile)
     self.config_json = config.to_json(hparams)
     spec = serving_feature_spec(tf_transform_output.raw_feature_spec())
-    input_size = config.input_size
+    num_blocks = compact.input_layout(config).num_blocks
     tft_layer = self.tft_layer
     config_json = self.config_json
     no_event_label = config.no_event_label
 
-    def transformed_batch(examples):
-      """Raw serialized examples -> (transformed features, inputs [B, T, D], lengths)."""
-      raw = tf.io.parse_example(examples, spec)
-      transformed = tft_layer(raw)
-      lengths = _per_example(transformed[features.LENGTH])
-      flat = tf.cast(to_dense(transformed[features.INPUTS]), tf.float32)  # [B, max_len * D]
-      inputs = tf.reshape(flat, [tf.shape(flat)[0], -1, input_size])
-      # At least one step, so a batch of empty sequences still runs.
-      inputs = tf.pad(inputs, [[0, 0], [0, tf.maximum(1 - tf.shape(inputs)[1], 0)], [0, 0]])
-      return transformed, inputs, lengths
-
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
     def serve(examples):
-      transformed, inputs, lengths = transformed_batch(examples)
-      logits = model({model_lib.INPUTS: inputs, model_lib.LENGTHS: lengths}, training=False)
+      transformed = tft_layer(tf.io.parse_example(examples, spec))
+      x, _ = model_inputs(transformed, num_blocks, all_steps=True)
+      logits = model(x, training=False)
       return {
           'probabilities': tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1),
-          'lengths': lengths,
+          'lengths': tf.cast(x[model_lib.LENGTHS], tf.int64),
           'transpose_amount': _per_example(transformed[features.TRANSPOSE_AMOUNT]),
       }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
     def evaluate(examples):
       """Per-example sums (model_lib.STAT_NAMES) on the labels Transform derives from
-      the events: TFMA adds them up into the Trainer's metrics (music_rnn/evaluation)."""
-      transformed, inputs, lengths = transformed_batch(examples)
-      labels = tf.cast(to_dense(transformed[features.LABELS]), tf.int32)  # [B, max_len - 1]
-      labels = tf.pad(labels, [[0, 0], [0, tf.maximum(1 - tf.shape(labels)[1], 0)]])
-      steps = tf.shape(labels)[1]
-      num_labels = tf.maximum(lengths - 1, 0)
-      logits = model({model_lib.INPUTS: inputs[:, :steps], model_lib.LENGTHS: num_labels},
-                     training=False)
-      mask = model_lib.sequence_mask(num_labels, steps)
-      return model_lib.example_stats(labels, logits, mask, no_event_label)
+      the events, and their unigram baseline: TFMA adds them up into the Trainer's
+      metrics (music_rnn/evaluation)."""
+      transformed = tft_layer(tf.io.parse_example(examples, spec))
+      x, labels = model_inputs(transformed, num_blocks)
+      logits = model(x, training=False)
+      mask = model_lib.sequence_mask(x[model_lib.LENGTHS], tf.shape(labels)[1])
+      stats = model_lib.example_stats(labels, logits, mask, no_event_label)
+      stats[UNIGRAM_XENT] = _per_example(transformed[features.UNIGRAM_XENT], tf.float32)
+      return stats
 
     @tf.function(input_signature=[])
     def model_config():

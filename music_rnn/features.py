@@ -24,14 +24,22 @@ METADATA_FEATURES = (SOURCE_ID, TRACK_INDEX, START_STEP, NUM_STEPS, STEPS_PER_BA
                      STEPS_PER_QUARTER, QPM)
 
 # --- Transformed features (Transform output, Trainer input). ----------------------
-# inputs: float32, flattened [length, input_size] per example (note-seq's events_to_input
-#   for every position 0..length-1, i.e. `get_inputs_batch(full_length=True)`).
+# The input rows (note-seq's events_to_input at every position 0..length-1, i.e.
+# `get_inputs_batch(full_length=True)`) are stored compactly (music_rnn/compact.py):
+# hot: int64 [length * H], row-major: per step the column index of each of the row's H
+#   leading one-hot blocks (block offset included; num_hot = no column set).
+# flags: int64 [length]: per step, bit j = the j-th stored dense column (the columns
+#   that follow from the position, binary counters and bar end, are not stored).
 # labels: int64 [length - 1]: labels[i] is events_to_label(events, i + 1), so
 #   (inputs[:length-1], labels) is exactly note-seq's `encode(events)`.
-INPUTS = 'inputs'
+HOT = 'hot'
+FLAGS = 'flags'
 LABELS = 'labels'
 LENGTH = 'length'  # int64 scalar: number of input steps (== num_steps)
 TRANSPOSE_AMOUNT = 'transpose_amount'  # int64 scalar: melody squash transposition (0 for drums)
+# float32 scalar: sum over the example's labels of -log p(label), p the analyzed (train)
+# split's label frequencies with add-one smoothing: the unigram baseline a model must beat.
+UNIGRAM_XENT = 'unigram_xent'
 
 # --- Split names. ------------------------------------------------------------------
 TRAIN_SPLIT = 'train'

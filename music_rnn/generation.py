@@ -12,9 +12,9 @@ tf.while_loops:
     event and returns that position's input row, carrying what the row depends on (key
     histograms, last notes, ...) and reading older events from the event buffer. The
     tests check every row against `encoding.encode_batch`.
-  - `_Stepper` advances the trained RNN one step. Its weights are the model's, only
-    rearranged for speed (see `_Stepper`); the tests check its logits against the
-    Keras model's.
+  - `_Stepper` advances the trained RNN one step with the model's own step function
+    (model.rnn_step, the one training's loop runs) on weights prepared once at export;
+    the tests check its logits against the Keras model's.
   - Sampling is Gumbel-max with stateless uniforms keyed by (seed, position): the same
     seed gives the same events, and a sequence continued in several `extend` calls
     equals one `generate` call.
@@ -270,127 +270,39 @@ def dense_rows(encoder: _StepEncoder, hot, dense) -> tf.Tensor:
 # --- The RNN, one step at a time. -----------------------------------------------------
 
 
-def _lstm(z, c):
-  """Keras LSTMCell's gates (i, f, c, o) on the summed pre-activations z."""
-  i, f, g, o = tf.split(z, 4, axis=1)
-  c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-  return tf.sigmoid(o) * tf.tanh(c), c
-
-
-def _as_np(v) -> np.ndarray:
-  return np.asarray(tf.convert_to_tensor(v).numpy(), np.float64)
-
-
 class _Stepper(tf.Module):
-  """EventSequenceRnn.step on rearranged weights, for speed.
-
-  The math is the model's; only the order of floating-point operations differs:
-  - first layer: rows of the input kernel are gathered for the one-hot columns;
-  - attention layer: the input projection is folded into the LSTM kernel
-    (([x; a] Wp + bp) Wx = x (Wp_x Wx) + a (Wp_a Wx) + bp Wx), and the attention keys
-    (window entries times attn_w) are carried instead of recomputed every step;
-  - every LSTM's input and recurrent kernels are stacked into one matmul.
-  Weights are fixed tf.Variables computed once when the module is built (at export).
-  """
+  """EventSequenceRnn.step with its weights fixed at export: the model's own step
+  (`model_lib.rnn_step`) on `step_weights()` computed once (first layer's kernel rows
+  for gathering, attention input projection folded in) and kept as tf.Variables, so
+  the sampling loop does no per-call weight preparation."""
 
   def __init__(self, model: model_lib.EventSequenceRnn, num_hot: int):
     super().__init__(name='stepper')
-    self.layers: List[dict] = []
-    self.units: List[int] = []
-    self.attn_length = 0
+    if num_hot != model.layout.num_hot:
+      raise ValueError(f'encoder has {num_hot} one-hot columns, model {model.layout.num_hot}')
+    weights = model.step_weights(tf.float32)
+    names = iter(range(10 ** 6))
 
-    def var(name, value):
-      return tf.Variable(np.asarray(value, np.float32), trainable=False, name=name)
+    def var(value):
+      if not isinstance(value, tf.Tensor):
+        return value  # attn_length
+      return tf.Variable(value, trainable=False, name=f'w{next(names)}')
 
-    for i, layer in enumerate(model.rnn_layers):
-      cell = layer.cell
-      if isinstance(cell, model_lib.AttentionLSTMCell):
-        if i != 0:
-          raise ValueError('attention is supported on the first layer only')
-        u, self.attn_length = cell.units, cell.attn_length
-        wp, bp = _as_np(cell.input_projection.kernel), _as_np(cell.input_projection.bias)
-        wx, wh = _as_np(cell.lstm.kernel), _as_np(cell.lstm.recurrent_kernel)
-        d = wp.shape[1]  # input size
-        w_in = wp[:d] @ wx
-        self.layers.append(dict(
-            hot=var(f'l{i}_hot', np.concatenate([w_in[:num_hot], np.zeros((1, 4 * u))])),
-            dense=var(f'l{i}_dense', w_in[num_hot:]),
-            recurrent=var(f'l{i}_recurrent', np.concatenate([wp[d:] @ wx, wh])),  # [a; h]
-            bias=var(f'l{i}_bias', bp @ wx + _as_np(cell.lstm.bias)),
-            query=var(f'l{i}_query', _as_np(cell.query_projection.kernel)),
-            query_bias=var(f'l{i}_query_bias', _as_np(cell.query_projection.bias)),
-            attn_w=var(f'l{i}_attn_w', _as_np(cell.attn_w)),
-            attn_v=var(f'l{i}_attn_v', _as_np(cell.attn_v)),
-            out=var(f'l{i}_out', _as_np(cell.output_projection.kernel)),
-            out_bias=var(f'l{i}_out_bias', _as_np(cell.output_projection.bias))))
-      else:
-        u = cell.units
-        wx, wh = _as_np(cell.kernel), _as_np(cell.recurrent_kernel)
-        if i == 0:
-          self.layers.append(dict(
-              hot=var(f'l{i}_hot', np.concatenate([wx[:num_hot], np.zeros((1, 4 * u))])),
-              dense=var(f'l{i}_dense', wx[num_hot:]),
-              recurrent=var(f'l{i}_recurrent', wh),
-              bias=var(f'l{i}_bias', _as_np(cell.bias))))
-        else:
-          self.layers.append(dict(kernel=var(f'l{i}_kernel', np.concatenate([wx, wh])),
-                                  bias=var(f'l{i}_bias', _as_np(cell.bias))))
-      self.units.append(u)
-    self.logits_kernel = var('logits_kernel', _as_np(model.logits_layer.kernel))
-    self.logits_bias = var('logits_bias', _as_np(model.logits_layer.bias))
-    self.num_dense = self.layers[0]['dense'].shape[0]
-
-  # State: per layer (h, c), and for the attention layer also (attention vector,
-  # window [B, L, U] oldest first, keys [B, L, U]).
+    self.weights = tf.nest.map_structure(var, weights)
+    self.num_dense = int(weights['layers'][0]['dense'].shape[0])
 
   def state_shapes(self) -> List[Tuple[int, ...]]:
-    shapes = []
-    for i, u in enumerate(self.units):
-      shapes += [(u,), (u,)]
-      if i == 0 and self.attn_length:
-        shapes += [(u,), (self.attn_length, u), (self.attn_length, u)]
-    return shapes
+    return [tuple(s.shape[1:]) for s in self.zero_state(1)]
 
   def zero_state(self, batch) -> Tuple[tf.Tensor, ...]:
-    return tuple(tf.zeros(tf.concat([[batch], s], 0)) for s in self.state_shapes())
+    state = ()
+    for layer in self.weights['layers']:
+      state += model_lib.zero_layer_state(layer, batch, tf.float32)
+    return state
 
   def step(self, hot, dense, state):
     """(hot [B, H], dense [B, D], state) -> (logits [B, C], state)."""
-    state = list(state)
-    new_state = []
-    first = self.layers[0]
-    if hot.shape[1] == 1:
-      z = tf.gather(first['hot'], hot[:, 0])
-    else:
-      z = tf.reduce_sum(tf.gather(first['hot'], hot), 1)
-    if self.num_dense:
-      z += tf.matmul(dense, first['dense'])
-    z += first['bias']
-    if self.attn_length:
-      h, c, attn, window, keys = state[:5]
-      state = state[5:]
-      z += tf.matmul(tf.concat([attn, h], 1), first['recurrent'])
-      h, c = _lstm(z, c)
-      query = tf.matmul(tf.concat([c, h], 1), first['query']) + first['query_bias']
-      scores = tf.reduce_sum(first['attn_v'] * tf.tanh(keys + query[:, tf.newaxis]), 2)
-      weights = tf.nn.softmax(scores)
-      attn = tf.einsum('bl,blu->bu', weights, window)
-      x = tf.matmul(tf.concat([h, attn], 1), first['out']) + first['out_bias']
-      window = tf.concat([window[:, 1:], x[:, tf.newaxis]], 1)
-      keys = tf.concat([keys[:, 1:], tf.matmul(x, first['attn_w'])[:, tf.newaxis]], 1)
-      new_state += [h, c, attn, window, keys]
-    else:
-      h, c = state[:2]
-      state = state[2:]
-      z += tf.matmul(h, first['recurrent'])
-      x, c = _lstm(z, c)
-      new_state += [x, c]
-    for layer in self.layers[1:]:
-      h, c = state[:2]
-      state = state[2:]
-      x, c = _lstm(tf.matmul(tf.concat([x, h], 1), layer['kernel']) + layer['bias'], c)
-      new_state += [x, c]
-    return tf.matmul(x, self.logits_kernel) + self.logits_bias, tuple(new_state)
+    return model_lib.rnn_step(self.weights, tf.cast(hot, tf.int32), dense, state)
 
 
 # --- Sampling. ------------------------------------------------------------------------

@@ -9,6 +9,12 @@ accuracy, and accuracy restricted to steps whose label is / is not the
 no-event label. Gradients are clipped tensor by tensor (tf_slim's
 `clip_gradient_norm`) before Adam.
 
+Inputs are compact (music_rnn/compact.py): per step the one-hot column indices and a
+bit field; the model gathers kernel rows instead of multiplying by one-hot rows, runs
+every input-side matmul for all steps outside the recurrent loop, and uses one step
+implementation (`lstm_step`, `attention_step`, `rnn_step`) for training and for
+generation (generation.py). See EventSequenceRnn.
+
 Differences from Magenta, all deliberate:
 - Keras LSTM gates: forget bias is initialised to 1 (`unit_forget_bias`) rather
   than a constant 1 added at every step; equivalent at initialisation, and it
@@ -18,23 +24,29 @@ Differences from Magenta, all deliberate:
   run on N devices computes the single-device update. (Keras 3.6's own train step
   sums the replicas' mean-loss gradients, N times too large, and its `clipnorm`
   clips each replica's part before that sum; see `train_step`.)
+- A step whose loss or gradients are not finite is skipped, and the first such
+  step is recorded in `model.first_nonfinite_step` (no per-step host read).
 - Mixed precision (`build_model(..., dtype_policy='mixed_bfloat16')`): the RNNs run in
   the low precision, the logits layer, softmax and loss in float32, variables stay
   float32. float16 gets dynamic loss scaling; clipping at clip_norm * scale on the
   scaled gradients equals clipping the true ones (clip_by_norm is scale-equivariant).
 """
 
+import dataclasses
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 from keras import ops
 import tensorflow as tf
 
+from music_rnn import compact
 from music_rnn import configs
 
-INPUTS = 'inputs'  # model input key: float32 [batch, time, input_size]
+HOT = 'hot'  # model input key: int [batch, time, H], one-hot column indices (compact.py)
+FLAGS = 'flags'  # model input key: int64 [batch, time], dense-column bits (compact.py)
 LENGTHS = 'lengths'  # model input key: int [batch], real steps per sequence
+INPUTS = 'inputs'  # full float rows [batch, time, input_size]: reference_call only
 
 
 def sequence_mask(lengths, max_time):
@@ -48,7 +60,7 @@ def sequence_mask(lengths, max_time):
 
 @keras.saving.register_keras_serializable(package='music_rnn')
 class AttentionLSTMCell(keras.layers.Layer):
-  """LSTM cell with attention over its last `attn_length` outputs.
+  """LSTM cell with attention over its last `attn_length` outputs (reference formulation).
 
   Port of tf.contrib.rnn.AttentionCellWrapper(BasicLSTMCell, attn_length,
   state_is_tuple=True) (https://arxiv.org/abs/1601.06733), which Magenta puts on
@@ -61,6 +73,10 @@ class AttentionLSTMCell(keras.layers.Layer):
     window <- window[1:] + [out]                  (drop the oldest, keep out)
   The window starts as zeros, and the softmax runs over all its slots, zeros
   included, exactly as in the contrib cell.
+
+  The model itself runs `attention_step` (the same math, reordered for speed); this
+  Keras cell is the straightforward formulation `reference_call` and the tests check
+  it against.
 
   State: [h, c, attention vector, window], shapes [B, units], [B, units],
   [B, units], [B, attn_length * units] (the window flattened oldest first, as in
@@ -122,6 +138,174 @@ class AttentionLSTMCell(keras.layers.Layer):
     return {**super().get_config(), 'units': self.units, 'attn_length': self.attn_length}
 
 
+# --- The recurrent core: one step implementation, for training and generation. -------
+#
+# Weights for a step ("step weights") are plain tensors derived from the layers'
+# variables by `layer_step_weights`: computed per call from the live variables when
+# training (so gradients reach the original variables), once at export for generation.
+# Per layer a dict:
+#   first layer: 'hot' [num_hot + 1, 4U] (input kernel rows of the one-hot columns and a
+#     zero row at index num_hot), 'dense' [D, 4U], 'bias' [4U], 'recurrent' [U, 4U], or
+#     for the attention cell [2U, 4U] acting on [attention vector; h], plus 'query',
+#     'query_bias', 'attn_w', 'attn_v', 'out', 'out_bias';
+#   other layers: 'kernel' [U_in, 4U], 'recurrent' [U, 4U], 'bias' [4U].
+# State: per layer (h, c); the attention layer also (attention vector [B, U],
+# window [B, L, U] oldest first, keys [B, L, U] = window @ attn_w).
+
+
+def lstm_gates(z, c):
+  """Keras LSTMCell's gates (order i, f, c, o) on the summed pre-activations z."""
+  i, f, g, o = tf.split(z, 4, axis=-1)
+  c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+  return tf.sigmoid(o) * tf.tanh(c), c
+
+
+def lstm_step(zx, state, weights):
+  """zx = x W + b for this step [B, 4U]; state (h, c) -> (output, new state)."""
+  h, c = state
+  h, c = lstm_gates(zx + tf.matmul(h, weights['recurrent']), c)
+  return h, (h, c)
+
+
+def attention_step(zx, state, weights):
+  """Magenta's AttentionCellWrapper(BasicLSTMCell) step (see AttentionLSTMCell).
+
+  zx: x (Wp_x Wx) + bp Wx + b for this step, the input projection folded in, so only
+  the attention vector's part, a (Wp_a Wx), is left for the loop. Keys of the window
+  are carried: each output is multiplied by attn_w once, when it enters the window.
+  """
+  h, c, attn, window, keys = state
+  w = weights
+  h, c = lstm_gates(zx + tf.matmul(tf.concat([attn, h], 1), w['recurrent']), c)
+  query = tf.matmul(tf.concat([c, h], 1), w['query']) + w['query_bias']
+  scores = tf.reduce_sum(w['attn_v'] * tf.tanh(keys + query[:, tf.newaxis]), 2)
+  attn = tf.einsum('bl,blu->bu', tf.nn.softmax(scores), window)
+  out = tf.matmul(tf.concat([h, attn], 1), w['out']) + w['out_bias']
+  window = tf.concat([window[:, 1:], out[:, tf.newaxis]], 1)
+  keys = tf.concat([keys[:, 1:], tf.matmul(out, w['attn_w'])[:, tf.newaxis]], 1)
+  return out, (h, c, attn, window, keys)
+
+
+def is_attention(weights) -> bool:
+  return 'attn_w' in weights
+
+
+def layer_step(weights):
+  return attention_step if is_attention(weights) else lstm_step
+
+
+def input_preactivations(weights, hot, dense):
+  """First layer's x W + b from (hot [..., H], dense [..., D]): gathered kernel rows.
+
+  Exactly one_hot(hot) W + dense W_dense + b: index num_hot reads the zero row.
+  Works for one step ([B, H], [B, D]) and for all steps ([B, T, H], [B, T, D]).
+  """
+  rows = tf.gather(weights['hot'], hot)  # [..., H, 4U]
+  z = rows[..., 0, :] if rows.shape[-2] == 1 else tf.reduce_sum(rows, -2)
+  if dense.shape[-1]:
+    z += _matmul_last(tf.cast(dense, z.dtype), weights['dense'])
+  return z + weights['bias']
+
+
+def _matmul_last(x, kernel):
+  """x [..., K] @ kernel [K, N] as one 2-D matmul."""
+  if x.shape.rank == 2:
+    return tf.matmul(x, kernel)
+  shape = tf.shape(x)
+  out = tf.matmul(tf.reshape(x, [-1, shape[-1]]), kernel)
+  return tf.reshape(out, tf.concat([shape[:-1], tf.shape(kernel)[-1:]], 0))
+
+
+def layer_preactivations(weights, x):
+  """A later layer's x W + b for all steps at once: x [B, T, U_in] -> [B, T, 4U]."""
+  return _matmul_last(x, weights['kernel']) + weights['bias']
+
+
+def zero_layer_state(weights, batch, dtype):
+  """(h, c) zeros, plus (attention, window, keys) zeros for the attention layer."""
+  units = weights['recurrent'].shape[-1] // 4
+  state = [tf.zeros([batch, units], dtype)] * 2
+  if is_attention(weights):
+    length = weights['attn_length']
+    state += [tf.zeros([batch, units], dtype), tf.zeros([batch, length, units], dtype),
+              tf.zeros([batch, length, units], dtype)]
+  return tuple(state)
+
+
+def run_layer(weights, zx, state):
+  """Runs a layer over zx [B, T, 4U] from `state`: (outputs [B, T, U], final state).
+
+  A tf.while_loop over a TensorArray of the time-major pre-activations; each iteration
+  is `layer_step` (the recurrent matmul(s) and gates only).
+  """
+  step = layer_step(weights)
+  zx = tf.transpose(zx, [1, 0, 2])
+  num_steps = tf.shape(zx)[0]
+  inputs = tf.TensorArray(zx.dtype, size=num_steps, element_shape=zx.shape[1:]).unstack(zx)
+  units = weights['recurrent'].shape[-1] // 4
+  outputs = tf.TensorArray(zx.dtype, size=num_steps,
+                           element_shape=tf.TensorShape([zx.shape[1], units]))
+
+  def body(t, state, outputs):
+    out, state = step(inputs.read(t), state, weights)
+    return t + 1, state, outputs.write(t, out)
+
+  _, state, outputs = tf.while_loop(lambda t, *_: t < num_steps, body,
+                                    (tf.constant(0), tuple(state), outputs),
+                                    maximum_iterations=num_steps)
+  return tf.transpose(outputs.stack(), [1, 0, 2]), state
+
+
+def rnn_step(weights, hot, dense, state):
+  """One event through all layers and the logits: (logits [B, C] float32, new state).
+
+  weights: `EventSequenceRnn.step_weights()`; hot [B, H], dense [B, D]; state: the flat
+  tuple of all layers' states (`EventSequenceRnn.initial_state`).
+  """
+  state, new_state = list(state), []
+  x = None
+  for i, layer in enumerate(weights['layers']):
+    zx = (input_preactivations(layer, hot, dense) if i == 0 else
+          layer_preactivations(layer, x))
+    size = 5 if is_attention(layer) else 2
+    x, layer_state = layer_step(layer)(zx, tuple(state[:size]), layer)
+    state = state[size:]
+    new_state += list(layer_state)
+  kernel, bias = weights['logits']
+  return tf.matmul(tf.cast(x, kernel.dtype), kernel) + bias, tuple(new_state)
+
+
+def layer_step_weights(layer, first: bool, num_hot: int, dtype) -> dict:
+  """A Keras layer's step weights (see above), from its live variables, in `dtype`."""
+  cell = layer.cell
+  cast = lambda v: tf.cast(tf.convert_to_tensor(v), dtype)  # noqa: E731
+  if isinstance(cell, AttentionLSTMCell):
+    wp, bp = cast(cell.input_projection.kernel), cast(cell.input_projection.bias)
+    wx, b = cast(cell.lstm.kernel), cast(cell.lstm.bias)
+    d = wp.shape[1]  # input size
+    # ([x; a] Wp + bp) Wx + b = x (Wp_x Wx) + a (Wp_a Wx) + (bp Wx + b)
+    w_in = tf.matmul(wp[:d], wx)
+    weights = dict(
+        hot=tf.concat([w_in[:num_hot], tf.zeros_like(w_in[:1])], 0), dense=w_in[num_hot:],
+        bias=tf.linalg.matvec(wx, bp, transpose_a=True) + b,
+        recurrent=tf.concat([tf.matmul(wp[d:], wx), cast(cell.lstm.recurrent_kernel)], 0),
+        query=cast(cell.query_projection.kernel), query_bias=cast(cell.query_projection.bias),
+        attn_w=cast(cell.attn_w), attn_v=cast(cell.attn_v),
+        out=cast(cell.output_projection.kernel), out_bias=cast(cell.output_projection.bias))
+    weights['attn_length'] = cell.attn_length
+    return weights
+  wx, b = cast(cell.kernel), cast(cell.bias)
+  weights = dict(recurrent=cast(cell.recurrent_kernel), bias=b)
+  if first:
+    weights.update(hot=tf.concat([wx[:num_hot], tf.zeros_like(wx[:1])], 0),
+                   dense=wx[num_hot:])
+  else:
+    weights['kernel'] = wx
+  return weights
+
+
+def _gpu_available() -> bool:
+  return bool(tf.config.list_logical_devices('GPU'))
 # --- Metrics. ------------------------------------------------------------------
 
 
@@ -276,6 +460,16 @@ def clip_gradients(grads: Sequence, clip_norm: float) -> List:
   return [None if g is None else tf.clip_by_norm(g, clip_norm) for g in grads]
 
 
+
+
+class PaddedFraction(_SequenceRatio):
+  """Padded steps / real steps of the batches seen (the cost of padding)."""
+  numerator, denominator = 'padded', 'steps'
+
+  def __init__(self, name='padded_fraction', **kwargs):
+    super().__init__(name=name, **kwargs)
+
+
 # --- Model. --------------------------------------------------------------------
 
 
@@ -287,20 +481,70 @@ def _replica_sum(values):
   return ctx.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
-class EventSequenceRnn(keras.Model):
-  """Inputs {'inputs': [B, T, input_size], 'lengths': [B]} -> logits [B, T, num_classes].
+def _all_finite(tensors):
+  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors if t is not None])
 
-  Steps at or beyond `lengths[b]` are padding: the RNNs carry their state over
-  them and the loss/metrics ignore them. Fit it on (inputs dict, labels [B, T])
-  batches; the train/test steps below implement Magenta's objective exactly,
-  on one device or many.
+
+def _apply_if(optimizer, ok, grads, variables):
+  """optimizer.apply(grads, variables) only where `ok` (same on every replica).
+
+  Strategies that need merge_call cannot branch around it in a replica context, so
+  there the branch is taken in the cross-replica context (as Keras's
+  LossScaleOptimizer does).
+  """
+  def apply():
+    optimizer.apply(grads, variables)
+
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or tf.__internal__.distribute.strategy_supports_no_merge_call():
+    tf.cond(ok, apply, lambda: None)
+    return
+
+  def cross_replica(distribution, ok, grads):
+    ok = distribution.experimental_local_results(ok)[0]
+
+    def apply_all():
+      distribution.extended.call_for_each_replica(
+          lambda g: optimizer.apply(g, variables), args=(grads,))
+
+    tf.cond(ok, apply_all, lambda: None)
+
+  ctx.merge_call(cross_replica, args=(ok, grads))
+
+
+class EventSequenceRnn(keras.Model):
+  """Inputs {'hot', 'flags', 'lengths'} -> logits [B, T, num_classes].
+
+  hot: int [B, T, H] one-hot column indices (compact.py); flags: int [B, T] bits of the
+  dense columns; lengths: int [B]. Steps at or beyond `lengths[b]` are padding: their
+  outputs are ignored by the loss and metrics. Fit it on (inputs dict, labels [B, T])
+  batches; the train/test steps below implement Magenta's objective exactly, on one
+  device or many.
+
+  Speed (CPU): the first layer's input pre-activations for all steps are gathered
+  kernel rows (`input_preactivations`), every later layer's x W for all steps is one
+  matmul, and the tf.while_loop over time only does the recurrent matmul(s) and gates
+  (`run_layer`). The attention layer folds its input projection into the LSTM kernel
+  and carries its keys. The variables are the Keras layers' (`rnn_layers`), so
+  `reference_call` (the layers' own Keras call, the straightforward formulation)
+  checks the fast one on the same weights.
+  Padding: the loop does not freeze the state on padded steps; padding only ever
+  follows a sequence's real steps, so this changes nothing but the (ignored) padded
+  outputs, and padded `hot` entries are redirected to the zero row.
+  On a GPU (not available where this was written, so untested) plain LSTM layers run
+  Keras's cuDNN kernel instead of the loop.
   """
 
-  def __init__(self, input_size: int, num_classes: int, rnn_layer_sizes: Sequence[int],
-               dropout_keep_prob: float, attn_length: int, clip_norm: float,
-               no_event_label: int = 0, **kwargs):
+  def __init__(self, layout: compact.InputLayout, num_classes: int,
+               rnn_layer_sizes: Sequence[int], dropout_keep_prob: float, attn_length: int,
+               clip_norm: float, no_event_label: int = 0, **kwargs):
     super().__init__(**kwargs)
-    self.input_size = int(input_size)
+    if isinstance(layout, dict):  # from get_config
+      layout = compact.InputLayout(
+          num_hot=layout['num_hot'], block_sizes=tuple(layout['block_sizes']),
+          dense=tuple(tuple(d) for d in layout['dense']))
+    self.layout = layout
+    self.input_size = layout.input_size
     self.num_classes = int(num_classes)
     self.rnn_layer_sizes = tuple(int(s) for s in rnn_layer_sizes)
     self.dropout_keep_prob = float(dropout_keep_prob)
@@ -310,6 +554,7 @@ class EventSequenceRnn(keras.Model):
     self.rnn_layers = []
     self.dropouts = []
     dtype = self.dtype_policy  # `dtype=` kwarg: e.g. 'mixed_bfloat16'; default float32
+    input_size = self.input_size
     for i, size in enumerate(self.rnn_layer_sizes):
       if i == 0 and self.attn_length:
         # Named, so variable paths do not depend on how many models the process built.
@@ -317,52 +562,104 @@ class EventSequenceRnn(keras.Model):
         layer = keras.layers.RNN(cell, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
       else:
         layer = keras.layers.LSTM(size, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
+      layer.build((None, None, input_size))
+      input_size = size
       self.rnn_layers.append(layer)
       self.dropouts.append(keras.layers.Dropout(1.0 - self.dropout_keep_prob,
                                                 name=f'dropout_{i}', dtype=dtype))
     # float32 logits under any policy: a low-precision softmax/loss loses the tail.
     self.logits_layer = keras.layers.Dense(self.num_classes, name='logits', dtype='float32')
+    self.logits_layer.build((None, None, input_size))
     self.sequence_metrics = make_metrics(self.no_event_label)
+    self.padded_fraction = PaddedFraction()
+    # The first train step (optimizer.iterations) whose loss or gradients were not
+    # finite, -1 if none: that step's update was skipped. Read it now and then.
+    self.first_nonfinite_step = self.add_weight(
+        shape=(), dtype='int64', initializer=keras.initializers.Constant(-1),
+        trainable=False, aggregation='only_first_replica', name='first_nonfinite_step')
 
   @property
   def metrics(self):
     # Only ours: Keras's own loss tracker would not be replica-exact.
-    return list(self.sequence_metrics)
+    return list(self.sequence_metrics) + [self.padded_fraction]
+
+  # --- The fast formulation.
+
+  def step_weights(self, dtype=None) -> dict:
+    """{'layers': per-layer step weights, 'logits': (kernel, bias) float32} from the
+    live variables (see `layer_step_weights`); `dtype` defaults to the compute dtype."""
+    dtype = dtype or self.compute_dtype
+    layers = [layer_step_weights(layer, i == 0, self.layout.num_hot, dtype)
+              for i, layer in enumerate(self.rnn_layers)]
+    logits = (tf.convert_to_tensor(self.logits_layer.kernel),
+              tf.convert_to_tensor(self.logits_layer.bias))
+    return {'layers': layers, 'logits': logits}
 
   def call(self, inputs, training=False):
-    x = ops.cast(inputs[INPUTS], self.compute_dtype)
+    hot, flags = inputs[HOT], inputs[FLAGS]
+    num_steps = tf.shape(flags)[1]
+    mask = sequence_mask(inputs[LENGTHS], num_steps) > 0
+    # Padding reads the zero row, whatever the batcher padded with.
+    hot = tf.where(mask[..., tf.newaxis], tf.cast(hot, tf.int32), self.layout.num_hot)
+    dense = compact.expand_dense(self.layout, flags, num_steps)
+    weights = self.step_weights()
+    batch = tf.shape(flags)[0]
+    cudnn = _gpu_available()
+    x = None
+    for i, (layer, dropout, w) in enumerate(zip(self.rnn_layers, self.dropouts,
+                                                weights['layers'])):
+      if cudnn and not is_attention(w):  # Keras's cuDNN kernel (GPU only)
+        if x is None:
+          x = tf.cast(self._rows(hot, dense), self.compute_dtype)
+        x = layer(x, mask=mask, training=training)
+      else:
+        zx = input_preactivations(w, hot, dense) if i == 0 else layer_preactivations(w, x)
+        x, _ = run_layer(w, zx, zero_layer_state(w, batch, self.compute_dtype))
+      x = dropout(x, training=training)
+    return self.logits_layer(x)
+
+  def _rows(self, hot, dense):
+    """The full note-seq input rows [B, T, input_size] (compact.expand_inputs)."""
+    one_hot = tf.reduce_sum(tf.one_hot(hot, self.layout.num_hot + 1), -2)
+    return tf.concat([one_hot[..., :self.layout.num_hot], dense], -1)
+
+  # --- The straightforward formulation, on the same variables (tests, benchmarks).
+
+  def reference_call(self, inputs, training=False):
+    """What `call` computes, by the Keras layers' own masked RNN calls on full rows:
+    keras.layers.LSTM and the AttentionLSTMCell port. inputs: {'inputs': [B, T,
+    input_size] rows, 'lengths'} or the compact form."""
+    if INPUTS in inputs:
+      x = inputs[INPUTS]
+    else:
+      hot, flags = tf.cast(inputs[HOT], tf.int32), inputs[FLAGS]
+      x = self._rows(hot, compact.expand_dense(self.layout, flags, tf.shape(flags)[1]))
+    x = ops.cast(x, self.compute_dtype)
     mask = ops.cast(sequence_mask(inputs[LENGTHS], ops.shape(x)[1]), 'bool')
     for rnn, dropout in zip(self.rnn_layers, self.dropouts):
       x = rnn(x, mask=mask, training=training)
       x = dropout(x, training=training)
     return self.logits_layer(x)
 
-  # --- One step at a time (generation). ---
+  # --- One step at a time (generation): the same step functions as `call`.
 
-  def initial_state(self, batch_size) -> List[List[tf.Tensor]]:
-    """Zero state, one list per layer: [h, c] or the attention cell's 4 tensors."""
-    states = []
-    for layer in self.rnn_layers:
-      if isinstance(layer.cell, AttentionLSTMCell):
-        states.append(layer.cell.get_initial_state(batch_size))
-      else:
-        states.append([ops.zeros((batch_size, layer.cell.units),
-                                 dtype=layer.cell.compute_dtype)] * 2)
-    return states
+  def initial_state(self, batch_size) -> Tuple[tf.Tensor, ...]:
+    """Zero state, flat: per layer (h, c), the attention layer also (attention vector,
+    window [B, L, U], keys [B, L, U])."""
+    state = ()
+    for w in self.step_weights()['layers']:
+      state += zero_layer_state(w, batch_size, self.compute_dtype)
+    return state
 
-  def step(self, inputs, states):
-    """One event: inputs [B, input_size], states -> (logits [B, C], new states).
+  def step(self, hot, dense, state, weights=None):
+    """One event: hot [B, H], dense [B, D] (expand_dense's columns), state ->
+    (logits [B, C], new state). Inference only (no dropout); `weights`: step_weights(),
+    computed here if not given. Running it over a sequence equals `call`."""
+    weights = weights or self.step_weights()
+    return rnn_step(weights, tf.cast(hot, tf.int32), tf.cast(dense, self.compute_dtype),
+                    state)
 
-    Inference only (no dropout); running it over a sequence equals `call`.
-    """
-    x = ops.cast(inputs, self.compute_dtype)
-    new_states = []
-    for layer, state in zip(self.rnn_layers, states):
-      x, state = layer.cell(x, list(state), training=False)
-      new_states.append(list(state))
-    return self.logits_layer(x), new_states
-
-  # --- Training. ---
+  # --- Training.
 
   def _split(self, data):
     x, labels = data[0], data[1]
@@ -372,10 +669,11 @@ class EventSequenceRnn(keras.Model):
 
   def _update_metrics(self, labels, logits, mask):
     stats = sequence_stats(labels, tf.stop_gradient(logits), mask, self.no_event_label)
+    stats['padded'] = tf.cast(tf.size(mask), tf.float32) - stats['steps']
     stats = _replica_sum(stats)
-    for metric in self.sequence_metrics:
+    for metric in self.metrics:
       metric.update_from_stats(stats)
-    return {m.name: m.result() for m in self.sequence_metrics}
+    return {m.name: m.result() for m in self.metrics}
 
   def train_step(self, data):
     x, labels, mask = self._split(data)
@@ -390,14 +688,25 @@ class EventSequenceRnn(keras.Model):
     variables = self.trainable_variables
     grads = tape.gradient(scaled_loss, variables)
     # Clip the full-batch gradient, not each replica's part of it.
-    grads = _replica_sum(grads)
+    grads, global_loss = _replica_sum((grads, loss))
     grads = clip_gradients(grads, self.clip_norm * self._loss_scale())
     num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if num_replicas > 1:
       # The Keras optimizer sums gradients over replicas again.
       grads = [None if g is None else g / num_replicas for g in grads]
-    self.optimizer.apply(grads, variables)
+    self._guarded_apply(global_loss, grads, variables)
     return self._update_metrics(labels, logits, mask)
+
+  def _guarded_apply(self, loss, grads, variables):
+    """Applies the update only if the loss and gradients are finite; else records the
+    step in first_nonfinite_step (once). Under loss scaling, non-finite scaled
+    gradients are the LossScaleOptimizer's business (it skips and lowers the scale)."""
+    scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    ok = _all_finite([loss] if scaling else [loss] + list(grads))
+    first = self.first_nonfinite_step
+    first.assign(tf.where(ok | (first >= 0), first,
+                          tf.cast(self.optimizer.iterations, 'int64')))
+    _apply_if(self.optimizer, ok, grads, variables)
 
   def _loss_scale(self):
     """The factor optimizer.scale_loss applied (1 without loss scaling)."""
@@ -413,15 +722,21 @@ class EventSequenceRnn(keras.Model):
 
   def get_config(self):
     return {
-        'input_size': self.input_size, 'num_classes': self.num_classes,
+        'layout': dataclasses.asdict(self.layout), 'num_classes': self.num_classes,
         'rnn_layer_sizes': list(self.rnn_layer_sizes),
         'dropout_keep_prob': self.dropout_keep_prob, 'attn_length': self.attn_length,
         'clip_norm': self.clip_norm, 'no_event_label': self.no_event_label,
     }
 
 
+# Measured on a 2-core CPU (benchmarks/core_speed.py): see build_model.
+DEFAULT_JIT_COMPILE = 'auto'
+DEFAULT_STEPS_PER_EXECUTION = 1
+
+
 def build_model(config: configs.ModelConfig, hparams: configs.HParams,
-                dtype_policy: Optional[str] = None) -> EventSequenceRnn:
+                dtype_policy: Optional[str] = None, jit_compile=DEFAULT_JIT_COMPILE,
+                steps_per_execution: int = DEFAULT_STEPS_PER_EXECUTION) -> EventSequenceRnn:
   """Builds and compiles the model; call inside a strategy scope to distribute it.
 
   Variables, optimizer slots and metric state are all created here, in the
@@ -429,10 +744,13 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   train_step (see the module docstring), so the optimizer is a plain Adam
   (wrapped in a LossScaleOptimizer by compile() under 'mixed_float16').
   `dtype_policy`: None (float32), 'mixed_float16' or 'mixed_bfloat16'.
+  `jit_compile`: XLA for the train/test steps; 'auto' = on with one replica and no GPU
+  (measured faster on CPU), off otherwise (cuDNN kernels and merge_call all-reduces are
+  not XLA ops). `steps_per_execution`: train steps per tf.function call.
   """
   hparams.validate()
   model = EventSequenceRnn(
-      input_size=config.input_size,
+      layout=compact.input_layout(config),
       num_classes=config.num_classes,
       rnn_layer_sizes=hparams.rnn_layer_sizes,
       dropout_keep_prob=hparams.dropout_keep_prob,
@@ -441,9 +759,13 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
       no_event_label=config.no_event_label,
       name=f'{config.name}_rnn',
       dtype=dtype_policy)
-  model({INPUTS: ops.zeros((1, 1, config.input_size)), LENGTHS: ops.ones((1,), 'int32')})
-  # XLA off: cuDNN LSTM kernels and cross-replica all-reduces are not XLA ops.
+  layout = model.layout
+  model({HOT: tf.fill([1, 1, layout.num_blocks], layout.num_hot),
+         FLAGS: tf.zeros([1, 1], tf.int64), LENGTHS: tf.ones([1], tf.int32)})
+  if jit_compile == 'auto':
+    jit_compile = (tf.distribute.get_strategy().num_replicas_in_sync == 1 and
+                   not _gpu_available())
   model.compile(optimizer=keras.optimizers.Adam(learning_rate=hparams.learning_rate),
-                jit_compile=False)
+                jit_compile=bool(jit_compile), steps_per_execution=steps_per_execution)
   model.optimizer.build(model.trainable_variables)
   return model

@@ -4,12 +4,19 @@ The same function runs in Beam (Transform) and, through tft's TransformFeaturesL
 inside the exported SavedModel on parsed serving requests, so it accepts whatever shape
 the raw schema gives a feature (VarLen SparseTensor, inferred dense [B, n], RaggedTensor)
 and copes with a batch of one, one-step and empty sequences.
+
+Input rows are written in compact form (compact.py): a drum example shrinks from
+~900 kB of floats to ~1.6 kB (benchmarks/transformed_size.py). The unigram baseline is
+a full-pass analyzer; TFX's Transform analyzes the train split only (its default
+splits_config), so eval examples are scored against train label frequencies.
 """
 
 from typing import Any, Dict, Optional
 
 import tensorflow as tf
+import tensorflow_transform as tft
 
+from music_rnn import compact
 from music_rnn import configs
 from music_rnn import encoding
 from music_rnn import features
@@ -50,33 +57,62 @@ def _config_name(custom_config: Optional[Dict[str, Any]]) -> str:
   return custom_config['config_name']
 
 
-def preprocessing_fn(inputs: Dict[str, Any],
-                     custom_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """Encodes each example's events with its config's note-seq encoding.
-
-  Outputs: INPUTS float32 VarLen ([length * input_size] per example, row-major steps),
-  LABELS int64 VarLen ([length - 1]), LENGTH and TRANSPOSE_AMOUNT int64 scalars, and
-  SOURCE_ID passed through as a bytes scalar if the raw schema has it.
-  """
-  config = configs.get_config(_config_name(custom_config))
+def _events(config: configs.ModelConfig, inputs: Dict[str, Any]):
+  """Raw features -> (events [B, T] padded with pad_value, lengths [B] int64)."""
   if config.kind == configs.DRUMS:
     pitches = _to_ragged(inputs[features.DRUM_PITCHES])
     counts = _to_ragged(inputs[features.DRUM_PITCH_COUNTS])
-    lengths = tf.cast(counts.row_lengths(), tf.int64)
-    events = encoding.drum_pitches_to_class_indices(pitches, counts)
-  else:
-    melody = _to_ragged(inputs[features.MELODY_EVENTS])
-    lengths = tf.cast(melody.row_lengths(), tf.int64)
-    events = melody.to_tensor(default_value=tf.cast(encoding.pad_value(config), melody.dtype))
-  step_inputs, labels, transpose_amount = encoding.encode_batch(config, events)
+    return (encoding.drum_pitches_to_class_indices(pitches, counts),
+            tf.cast(counts.row_lengths(), tf.int64))
+  melody = _to_ragged(inputs[features.MELODY_EVENTS])
+  events = melody.to_tensor(default_value=tf.cast(encoding.pad_value(config), melody.dtype))
+  return events, tf.cast(melody.row_lengths(), tf.int64)
 
-  num_steps = tf.shape(step_inputs)[1]
-  steps = tf.boolean_mask(step_inputs, tf.sequence_mask(lengths, num_steps))  # [sum(len), D]
-  flat_inputs = tf.RaggedTensor.from_row_lengths(
-      tf.reshape(steps, [-1]), lengths * config.input_size, validate=False)
+
+def _unigram_xent(labels: tf.SparseTensor, num_classes: int) -> tf.Tensor:
+  """Per example: sum over its labels of -log p(label), p the add-one-smoothed label
+  frequencies of the analyzed (train) data. A full-pass analyzer, so the table is a
+  constant of the transform graph and serving requests get the same baseline."""
+  labels = tf.RaggedTensor.from_sparse(labels)
+  row_ids = tf.cast(labels.value_rowids(), tf.int64)
+  batch = tf.cast(labels.nrows(), tf.int64)
+  # Per-example label counts [B, C] (one scatter, no [B, T, C] one-hot). Labels outside
+  # [0, C) (only from malformed raw events) go to a spare column that is dropped.
+  valid = (labels.values >= 0) & (labels.values < num_classes)
+  column = tf.where(valid, labels.values, num_classes)
+  counts = tf.scatter_nd(tf.stack([row_ids, column], 1), tf.ones_like(column),
+                         tf.stack([batch, num_classes + 1]))[:, :num_classes]
+  totals = tft.sum(counts, reduce_instance_dims=False)  # [C] over the whole dataset
+  smoothed = tf.cast(totals, tf.float64) + 1.
+  log_p = tf.math.log(smoothed) - tf.math.log(tf.reduce_sum(smoothed))
+  per_label = -tf.gather(log_p, tf.clip_by_value(labels.values, 0, num_classes - 1))
+  return tf.cast(tf.math.unsorted_segment_sum(per_label, row_ids, batch), tf.float32)
+
+
+def encode_features(inputs: Dict[str, Any], config_name: str) -> Dict[str, Any]:
+  """preprocessing_fn's instance-level part (everything but UNIGRAM_XENT): plain TF, so
+  it also runs eagerly outside tft.
+
+  Outputs (features.py): HOT int64 VarLen ([length * H], row-major), FLAGS int64 VarLen
+  ([length]), LABELS int64 VarLen ([length - 1]), LENGTH and TRANSPOSE_AMOUNT int64
+  scalars, and SOURCE_ID passed through as a bytes scalar if the raw schema has it.
+  compact.expand_inputs(hot, flags) gives encode_batch's rows.
+  """
+  config = configs.get_config(config_name)
+  events, lengths = _events(config, inputs)
+  step_inputs, labels, transpose_amount = encoding.encode_batch(config, events)
+  hot, flags = compact.compact_batch(config, step_inputs)  # [B, T, H], [B, T]
+
+  num_blocks = compact.input_layout(config).num_blocks
+  mask = tf.sequence_mask(lengths, tf.shape(flags)[1])
+  flat_hot = tf.RaggedTensor.from_row_lengths(
+      tf.reshape(tf.boolean_mask(hot, mask), [-1]), lengths * num_blocks, validate=False)
+  flat_flags = tf.RaggedTensor.from_row_lengths(tf.boolean_mask(flags, mask), lengths,
+                                                validate=False)
   flat_labels = tf.RaggedTensor.from_tensor(labels, lengths=tf.maximum(lengths - 1, 0))
   outputs = {
-      features.INPUTS: flat_inputs.to_sparse(),
+      features.HOT: flat_hot.to_sparse(),
+      features.FLAGS: flat_flags.to_sparse(),
       features.LABELS: flat_labels.to_sparse(),
       features.LENGTH: lengths,
       features.TRANSPOSE_AMOUNT: transpose_amount,
@@ -85,4 +121,15 @@ def preprocessing_fn(inputs: Dict[str, Any],
   # serving requests need not carry it.
   if features.SOURCE_ID in inputs:
     outputs[features.SOURCE_ID] = _scalar_per_example(inputs[features.SOURCE_ID], b'')
+  return outputs
+
+
+def preprocessing_fn(inputs: Dict[str, Any],
+                     custom_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """Encodes each example's events with its config's note-seq encoding, compactly
+  (encode_features), plus UNIGRAM_XENT float32 scalar: the example's loss under the
+  analyzed data's smoothed label frequencies."""
+  config = configs.get_config(_config_name(custom_config))
+  outputs = encode_features(inputs, config.name)
+  outputs[features.UNIGRAM_XENT] = _unigram_xent(outputs[features.LABELS], config.num_classes)
   return outputs

@@ -348,20 +348,19 @@ def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
   global_batch = base.batch_size * replicas
   # The Tuner's FnArgs name it transform_graph_path (the Trainer's add transform_output).
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-  if not training.has_sequences(fn_args.train_files, tf_transform_output, config.input_size):
+  if not training.has_sequences(fn_args.train_files, tf_transform_output, config):
     raise ValueError(f'No training sequence with >= 2 steps in {fn_args.train_files}')
   try:
-    has_eval = training.has_sequences(fn_args.eval_files, tf_transform_output,
-                                      config.input_size)
+    has_eval = training.has_sequences(fn_args.eval_files, tf_transform_output, config)
   except FileNotFoundError:
     has_eval = False
   if not has_eval:
     raise ValueError('The Tuner ranks trials by eval loss, but the eval split has no '
                      f'sequence with >= 2 steps ({fn_args.eval_files})')
   train_ds = training.make_dataset(fn_args.train_files, tf_transform_output, config,
-                                   global_batch, training=True, seed=seed)
+                                   global_batch, training=True, seed=seed, replicas=replicas)
   eval_ds = training.make_dataset(fn_args.eval_files, tf_transform_output, config,
-                                  global_batch, training=False)
+                                  global_batch, training=False, replicas=replicas)
   if eval_steps:
     eval_ds = eval_ds.take(eval_steps)
 

@@ -32,8 +32,12 @@ class RunSummary:
   component_states: Dict[str, str]
   tuning: Optional[Dict[str, Any]] = None  # the Tuner's or Importer's hyperparameters
   # The Evaluator's verdict: {'blessed': bool, 'metrics': {name: value on the eval split},
-  # 'baseline': bool (compared with an earlier blessed model)}; None if it did not run.
+  # 'baseline': bool (compared with an earlier blessed model), 'failed': [metric names
+  # that failed a threshold], 'uri'}; None if it did not run.
   evaluation: Optional[Dict[str, Any]] = None
+  # ExampleGen's split by piece: {pieces, train_pieces, eval_pieces, eval_ratio, split_seed}.
+  split: Optional[Dict[str, Any]] = None
+  thresholds: Optional[blessing_lib.BlessingThresholds] = None  # what run() blessed with
 
 
 def run(model_config: str,
@@ -113,7 +117,8 @@ def run(model_config: str,
     if serving_models_dir == configs.SERVING_MODELS_DIR:
       serving_models_dir = os.path.join(output_root, 'fast-dev-run', 'serving')
     blessing = blessing_lib.BlessingThresholds(max_perplexity_fraction=None,
-                                             loss_tolerance=None)
+                                             loss_tolerance=None, unigram_margin=None)
+  blessing = blessing or configs.BLESSING
   trainer_options = {k: v for k, v in trainer_options.items() if v is not None}
   pipeline_root = os.path.join(output_root, 'pipelines', name)
   metadata_path = os.path.join(output_root, 'metadata', name, 'metadata.db')
@@ -146,10 +151,10 @@ def run(model_config: str,
       checkpoint_dir=os.path.join(output_root, 'checkpoints', name),
       warm_start_from=warm_start_from,
       trainer_options=trainer_options,
-      blessing=blessing or configs.BLESSING)
+      blessing=blessing)
   logging.info('Running pipeline %s (root %s)', name, pipeline_root)
   tfx.orchestration.LocalDagRunner().run(p)
-  return summarize(name, metadata_path)
+  return dataclasses.replace(summarize(name, metadata_path), thresholds=blessing)
 
 
 def split_data_path(data: str):
@@ -186,9 +191,11 @@ def summarize(pipeline_name: str, metadata_path: str) -> RunSummary:
       with open(path) as f:
         metrics = json.load(f)
   examples = first('NoteSequenceExampleGen', 'examples')
-  stats = {}
+  stats, split = {}, None
   if examples is not None and 'extraction_stats' in examples.custom_properties:
     stats = json.loads(examples.custom_properties['extraction_stats'].string_value)
+  if examples is not None and 'split_pieces' in examples.custom_properties:
+    split = json.loads(examples.custom_properties['split_pieces'].string_value)
   return RunSummary(
       pipeline_name=pipeline_name,
       metadata_path=metadata_path,
@@ -198,7 +205,20 @@ def summarize(pipeline_name: str, metadata_path: str) -> RunSummary:
       extraction_stats=stats,
       component_states={k: v.state for k, v in sorted(results.items())},
       tuning=_tuning_summary(metadata_path, pipeline_name, first),
-      evaluation=_evaluation_summary(first))
+      evaluation=_evaluation_summary(first),
+      split=split)
+
+
+def loss_vs_unigram(summary: RunSummary) -> Optional[str]:
+  """'model 2.1 vs unigram 2.8 nats/step ...': the Evaluator's eval loss beside the loss
+  of the train split's label frequencies, and the blessing bound on their ratio."""
+  scores = (summary.evaluation or {}).get('metrics') or {}
+  if 'loss' not in scores or evaluation.UNIGRAM_LOSS not in scores:
+    return None
+  line = (f'model {scores["loss"]:.4f} vs unigram {scores[evaluation.UNIGRAM_LOSS]:.4f} '
+          f'nats/step (ratio {scores.get(evaluation.LOSS_VS_UNIGRAM, float("nan")):.3f}')
+  bound = summary.thresholds.max_loss_vs_unigram if summary.thresholds else None
+  return line + (f', blessing needs <= {bound:.3f})' if bound is not None else ')')
 
 
 def _evaluation_summary(first) -> Optional[Dict[str, Any]]:
@@ -211,6 +231,7 @@ def _evaluation_summary(first) -> Optional[Dict[str, Any]]:
       'blessed': bool(props['blessed'].int_value) if 'blessed' in props else False,
       'baseline': 'baseline_model_id' in props,
       'metrics': evaluation.read_metrics(scores.uri),
+      'failed': evaluation.failed_thresholds(scores.uri),
       'uri': scores.uri,
   }
 

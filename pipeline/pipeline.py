@@ -38,6 +38,7 @@ def create_pipeline(
     hparams: Optional[Dict[str, Any]] = None,
     seed: int = 0,
     eval_ratio: Optional[float] = None,
+    split_seed: int = 0,
     metadata_connection_config: Optional[Any] = None,
     beam_pipeline_args: Optional[List[str]] = None,
     enable_cache: bool = True,
@@ -56,6 +57,10 @@ def create_pipeline(
 ) -> tfx.dsl.Pipeline:
   """Wires the components for one model config (e.g. 'drum_kit', 'attention_rnn').
 
+  Data: ExampleGen splits by piece, at least `eval_ratio` (default: the config's) of the
+  pieces in eval, chosen by a hash salted with `split_seed` (independent of `seed`, so
+  models trained with different seeds are compared on the same eval pieces).
+
   Tuning: `tuner` is 'random', 'bayesian' or 'hyperband'; `trial_steps` (default
   `train_steps`) bounds each trial; `search_space` is a YAML/JSON file over the
   config's default space. The search state lives under `tuner_state_root` (default
@@ -70,7 +75,8 @@ def create_pipeline(
   replicas, global_batch_size, ...).
 
   Blessing: the Evaluator scores the model on the eval split (TFMA, the export's
-  `evaluate` signature) against `blessing` (default: blessing.BlessingThresholds());
+  `evaluate` signature; its loss also against the train split's unigram distribution)
+  against `blessing` (default: blessing.BlessingThresholds());
   when that compares with a baseline, the latest blessed model of this pipeline is
   resolved as one. The Pusher pushes blessed models only, and a model only once.
   """
@@ -82,7 +88,7 @@ def create_pipeline(
                      f'known: {list(training.TRAINER_OPTIONS)}')
   example_gen = NoteSequenceExampleGen(
       input_base=data_root, input_pattern=data_pattern, model_config=model_config,
-      eval_ratio=eval_ratio)
+      eval_ratio=eval_ratio, split_seed=split_seed)
 
   config = model_configs.get_config(model_config)
   statistics_gen = tfx.components.StatisticsGen(
@@ -125,7 +131,8 @@ def create_pipeline(
         tuner_state_root or os.path.join(pipeline_root, 'tuner_state'),
         {**search, 'trial_steps': trial_steps, 'eval_steps': eval_steps,
          'data': checkpointing.data_fingerprint(data_root, data_pattern,
-                                                eval_ratio=eval_ratio)})
+                                                eval_ratio=eval_ratio,
+                                                split_seed=split_seed)})
     tuner_component = tuning.Tuner(
         tuner_fn=tuner_fn,
         examples=transform.outputs['transformed_examples'],

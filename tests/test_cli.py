@@ -26,6 +26,10 @@ from tests.conftest import bundled, write_slice
     (['run', '--config', 'drum_kit', '--blessing', 'max_perplexity_fraction=lots'],
      'max_perplexity_fraction must be a number or none'),
     (['run', '--config', 'drum_kit', '--blessing', 'loss_tolerance'], 'expected name=value'),
+    (['run', '--config', 'drum_kit', '--blessing', 'unigram_margin=1'],
+     'unigram_margin must be in [0, 1)'),
+    (['run', '--config', 'drum_kit', '--blessing', 'unigram_margin=-0.1'],
+     'unigram_margin must be in [0, 1)'),
     (['extract', '--input', 'x.tfrecord'], 'the following arguments are required: --config'),
     (['frobnicate'], "invalid choice: 'frobnicate'"),
 ])
@@ -85,3 +89,8 @@ def test_blessing_overrides_keep_the_other_defaults():
   assert changed.max_perplexity_fraction == default.max_perplexity_fraction
   assert default.replace(' max_perplexity_fraction = 0.8 ,').max_perplexity_fraction == 0.8
   assert default.replace('') == default
+  assert default.unigram_margin == 0.1 and default.max_loss_vs_unigram == pytest.approx(0.9)
+  off = default.replace('unigram_margin=none')
+  assert off.unigram_margin is None and off.max_loss_vs_unigram is None
+  assert off.loss_tolerance == default.loss_tolerance
+  assert default.replace('unigram_margin=0.25').max_loss_vs_unigram == pytest.approx(0.75)

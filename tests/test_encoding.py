@@ -15,6 +15,7 @@ from note_seq import drums_encoder_decoder
 from tensorflow_transform.tf_metadata import schema_utils
 from tfx_bsl.public import tfxio
 
+from music_rnn import compact
 from music_rnn import configs
 from music_rnn import encoding
 from music_rnn import events as events_lib
@@ -134,6 +135,14 @@ def graph_encoder(name):
                      input_signature=[tf.TensorSpec([None], tf.int64)])
 
 
+@functools.lru_cache(maxsize=None)
+def compact_roundtrip(name):
+  """compact_batch traced once per config with unknown batch and length."""
+  config = configs.get_config(name)
+  return tf.function(lambda inputs: compact.compact_batch(config, inputs),
+                     input_signature=[tf.TensorSpec([None, None, config.input_size])])
+
+
 def assert_encodes_like_oracle(name, events):
   config = configs.get_config(name)
   want_inputs, want_labels, want_amount = oracle(name, events)
@@ -142,6 +151,10 @@ def assert_encodes_like_oracle(name, events):
   np.testing.assert_array_equal(inputs.numpy(), want_inputs.reshape(inputs.shape), err_msg=name)
   np.testing.assert_array_equal(labels.numpy(), want_labels, err_msg=name)
   assert amount.numpy() == want_amount
+  # The compact form round-trips to the same rows (and so to note-seq's).
+  hot, flags = compact_roundtrip(name)(inputs[tf.newaxis])
+  np.testing.assert_array_equal(compact.expand_inputs(config, hot, flags)[0].numpy(),
+                                want_inputs.reshape(inputs.shape), err_msg=f'{name} compact')
 
 
 # --- Tests. ---------------------------------------------------------------------------
@@ -214,6 +227,80 @@ def test_padded_batch_rows_match_single_sequences():
       assert amounts[row] == want[2]
 
 
+# --- The compact form (compact.py). ----------------------------------------------------
+
+# Each config's row, as note-seq lays it out: one-hot blocks, then the dense columns.
+C, F = compact.COUNTER, compact.FLAG
+LAYOUTS = {
+    'drum_kit': ((512,), tuple((C, i) for i in range(6))),
+    'basic_rnn': ((38,), ()),
+    'lookback_rnn': ((38, 38, 38), tuple((C, i) for i in range(5)) + ((F, 0), (F, 1))),
+    'attention_rnn': ((36,), ((F, 0), (F, 1), (F, 2), (compact.SIGNED, 3), (F, 5), (F, 6)) +
+                      tuple((C, i) for i in range(7)) + ((compact.BAR_END, 0),) +
+                      tuple((F, j) for j in range(7, 31))),
+}
+
+
+@pytest.mark.parametrize('name', sorted(configs.CONFIGS))
+def test_input_layouts(name):
+  layout = compact.input_layout(configs.get_config(name))
+  assert (layout.block_sizes, layout.dense) == LAYOUTS[name]
+  assert layout.num_hot + layout.num_dense == magenta_encoder_decoder(name).input_size
+
+
+def padded_batch(name, rng, lengths):
+  config = configs.get_config(name)
+  seqs = ([tf_events(name, real_drums(rng, n)) for n in lengths]
+          if config.kind == configs.DRUMS else [real_melody(rng, n) for n in lengths])
+  width = max(lengths)
+  return [s + [encoding.pad_value(config)] * (width - len(s)) for s in seqs]
+
+
+@pytest.mark.parametrize('name', sorted(configs.CONFIGS))
+def test_compact_batch_round_trips(name):
+  """expand_inputs(compact_batch(rows)) == rows on a padded batch; hot is the step
+  encoders' convention (block offset included, num_hot = none set); flags only use
+  the layout's bits."""
+  config, layout = configs.get_config(name), compact.input_layout(configs.get_config(name))
+  inputs, _, _ = encoding.encode_batch(
+      config, tf.constant(padded_batch(name, random.Random(2), [300, 40, 1]), tf.int64))
+  hot, flags = compact.compact_batch(config, inputs)
+  assert hot.dtype == flags.dtype == tf.int64
+  assert hot.shape == inputs.shape[:2] + [layout.num_blocks]
+  np.testing.assert_array_equal(compact.expand_inputs(config, hot, flags), inputs)
+  for h, (offset, size) in enumerate(zip(layout.block_offsets, layout.block_sizes)):
+    block = hot[..., h].numpy()
+    assert np.all(((block >= offset) & (block < offset + size)) | (block == layout.num_hot))
+  assert 0 <= flags.numpy().min() and flags.numpy().max() < 2 ** max(layout.num_flag_bits, 1)
+  if name == 'attention_rnn':  # the melodies have rests and both directions
+    assert np.any(hot.numpy() == layout.num_hot)
+    ascending = inputs[..., layout.num_hot + 3].numpy()
+    assert {-1., 0., 1.} <= set(ascending.ravel())
+
+
+@pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn', 'lookback_rnn'])
+def test_expand_dense_in_graph_and_xla(name):
+  """Unknown shapes, XLA, empty batches and steps, one step at a given position."""
+  config = configs.get_config(name)
+  layout = compact.input_layout(config)
+  inputs, _, _ = encoding.encode_batch(
+      config, tf.constant(padded_batch(name, random.Random(4), [70, 33]), tf.int64))
+  _, flags = compact.compact_batch(config, inputs)
+  want = inputs[..., layout.num_hot:].numpy()
+  spec = [tf.TensorSpec([None, None], tf.int64)]
+  full = tf.function(lambda f: compact.expand_dense(layout, f, tf.shape(f)[1]),
+                     input_signature=spec, jit_compile=True)
+  np.testing.assert_array_equal(full(flags), want)
+  int32 = tf.function(lambda f: compact.expand_dense(layout, f), jit_compile=True)
+  np.testing.assert_array_equal(int32(tf.cast(flags, tf.int32)), want)
+  assert full(tf.zeros([0, 5], tf.int64)).shape == (0, 5, layout.num_dense)
+  assert full(tf.zeros([3, 0], tf.int64)).shape == (3, 0, layout.num_dense)
+  one = tf.function(lambda f, t: compact.expand_dense(layout, f, positions=t),
+                    input_signature=spec + [tf.TensorSpec([], tf.int32)], jit_compile=True)
+  for t in (0, 15, 31, 69):
+    np.testing.assert_array_equal(one(flags[:, t:t + 1], tf.constant(t)), want[:, t:t + 1])
+
+
 # --- preprocessing_fn. -----------------------------------------------------------------
 
 
@@ -244,68 +331,116 @@ def raw_feature_spec(name):
 
 
 def expected_row(name, events):
-  inputs, labels, amount = encoding.encode_sequence(configs.get_config(name),
-                                                    tf_events(name, events))
-  return {features.INPUTS: inputs.numpy().ravel(), features.LABELS: labels.numpy(),
-          features.LENGTH: len(events), features.TRANSPOSE_AMOUNT: amount.numpy()}
+  """note-seq's encoding of one sequence (the oracle), in Transform's compact form."""
+  config = configs.get_config(name)
+  full, labels, amount = oracle(name, events)
+  hot, flags = compact.compact_batch(
+      config, np.reshape(full, [1, len(events), config.input_size]))
+  return {features.HOT: hot.numpy().ravel(), features.FLAGS: flags.numpy().ravel(),
+          features.LABELS: labels, features.LENGTH: len(events),
+          features.TRANSPOSE_AMOUNT: amount}
+
+
+def unigram_xents(name, analyzed, rows):
+  """Numpy: per row, the sum of -log p(label), p = (count + 1) / (total + num_classes)
+  over the labels of the `analyzed` rows."""
+  num_classes = configs.get_config(name).num_classes
+  all_labels = np.concatenate([r[features.LABELS] for r in analyzed]).astype(np.int64)
+  counts = np.bincount(all_labels, minlength=num_classes).astype(np.float64)
+  p = (counts + 1) / (counts.sum() + num_classes)
+  return [-np.log(p[r[features.LABELS]]).sum() for r in rows]
 
 
 def assert_row(row, want, name):
   for key, value in want.items():
-    np.testing.assert_array_equal(np.asarray(row[key]), value, err_msg=f'{name} {key}')
+    got = np.asarray(row[key])
+    if key in (features.HOT, features.FLAGS, features.LABELS):  # serving pads to the batch
+      got = got[:len(value)]
+    if key == features.UNIGRAM_XENT:
+      np.testing.assert_allclose(got, value, rtol=1e-5, err_msg=f'{name} {key}')
+    else:
+      np.testing.assert_array_equal(got, value, err_msg=f'{name} {key}')
+
+
+def first_row(outputs, i=0):
+  return {k: (tf.sparse.to_dense(v)[i] if isinstance(v, tf.SparseTensor) else v[i]).numpy()
+          for k, v in outputs.items()}
 
 
 TRANSFORMED_SPEC = {
-    features.INPUTS: tf.io.VarLenFeature(tf.float32),
+    features.HOT: tf.io.VarLenFeature(tf.int64),
+    features.FLAGS: tf.io.VarLenFeature(tf.int64),
     features.LABELS: tf.io.VarLenFeature(tf.int64),
     features.LENGTH: tf.io.FixedLenFeature([], tf.int64),
     features.TRANSPOSE_AMOUNT: tf.io.FixedLenFeature([], tf.int64),
+    features.UNIGRAM_XENT: tf.io.FixedLenFeature([], tf.float32),
     features.SOURCE_ID: tf.io.FixedLenFeature([], tf.string),
 }
 
 
-@pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn'])
-def test_preprocessing_fn_in_tft_beam_and_serving(name, tmp_path):
-  """Transform for real (Beam, SavedModel), then the serving path on batches of one."""
-  rng = random.Random(11)
-  make = real_drums if name == 'drum_kit' else real_melody
-  seqs = [make(rng, n) for n in (512, 100, 37, 2, 1)] + [[]]
-  path = str(tmp_path / 'raw.tfrecord')
+def _write(path, name, seqs, prefix):
   with tf.io.TFRecordWriter(path) as writer:
     for i, events in enumerate(seqs):
-      writer.write(make_example(name, events, b'piece-%d' % i))
-  source = tfxio.TFExampleRecord(
+      writer.write(make_example(name, events, b'%s-%d' % (prefix, i)))
+  return tfxio.TFExampleRecord(
       path, schema=schema_utils.schema_from_feature_spec(raw_feature_spec(name)))
-  want = [expected_row(name, events) for events in seqs]
 
-  def check(rows):
-    assert len(rows) == len(seqs)
-    for row in rows:
-      assert_row(row, want[int(row[features.SOURCE_ID].decode().split('-')[1])], name)
 
+@pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn'])
+def test_preprocessing_fn_in_tft_beam_and_serving(name, tmp_path):
+  """Transform for real (Beam, SavedModel): analyze a train split, transform train and
+  eval, then the serving path on batches of one. unigram_xent uses train labels only."""
+  rng = random.Random(11)
+  make = real_drums if name == 'drum_kit' else real_melody
+  seqs = {b'train': [make(rng, n) for n in (512, 100, 37, 2, 1)] + [[]],
+          b'eval': [make(rng, n) for n in (64, 3)]}
+  want = {split: [expected_row(name, events) for events in s] for split, s in seqs.items()}
+  for split in want:  # the table comes from the analyzed (train) rows only
+    for row, xent in zip(want[split], unigram_xents(name, want[b'train'], want[split])):
+      row[features.UNIGRAM_XENT] = xent
+  assert want[b'train'][0][features.UNIGRAM_XENT] > 0
+
+  def check(split):
+    def _check(rows):
+      assert len(rows) == len(seqs[split])
+      for row in rows:
+        prefix, i = row[features.SOURCE_ID].split(b'-')
+        assert prefix == split
+        assert_row(row, want[split][int(i)], name)
+    return _check
+
+  fn = functools.partial(preprocessing.preprocessing_fn, custom_config={'config_name': name})
   transform_dir = str(tmp_path / 'transform_fn')
   with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=str(tmp_path / 'tmp')):
-    raw = pipeline | source.BeamSource()
-    (transformed, _), transform_fn = (
-        (raw, source.TensorAdapterConfig())
-        | tft_beam.AnalyzeAndTransformDataset(
-            functools.partial(preprocessing.preprocessing_fn,
-                              custom_config={'config_name': name}),
-            output_record_batches=False))
-    beam_util.assert_that(transformed, check)
+    sources = {split: _write(str(tmp_path / f'{split.decode()}.tfrecord'), name, s, split)
+               for split, s in seqs.items()}
+    raw = {split: (pipeline | f'Read{split.decode()}' >> source.BeamSource(),
+                   source.TensorAdapterConfig()) for split, source in sources.items()}
+    transform_fn = raw[b'train'] | tft_beam.AnalyzeDataset(fn)
+    for split in seqs:
+      transformed, _ = ((raw[split], transform_fn) | f'Transform{split.decode()}' >>
+                        tft_beam.TransformDataset(output_record_batches=False))
+      beam_util.assert_that(transformed, check(split), label=f'Check{split.decode()}')
     _ = transform_fn | tft_beam.WriteTransformFn(transform_dir)
 
   output = tft.TFTransformOutput(transform_dir)
   assert output.transformed_feature_spec() == TRANSFORMED_SPEC
   layer = output.transform_features_layer()
-  for i in (0, 4, 5):  # serving: 512 steps, one step (no labels), empty; one per batch
-    parsed = tf.io.parse_example([make_example(name, seqs[i], b'piece-%d' % i)],
+  # Serving: 512 steps, one step (no labels), empty, an eval piece; one per batch.
+  for split, i in ((b'train', 0), (b'train', 4), (b'train', 5), (b'eval', 0)):
+    parsed = tf.io.parse_example([make_example(name, seqs[split][i], b'x')],
                                  raw_feature_spec(name))
-    got = layer(parsed)
-    row = {k: (tf.sparse.to_dense(v)[0] if isinstance(v, tf.SparseTensor) else v[0]).numpy()
-           for k, v in got.items()}
-    row[features.INPUTS] = row[features.INPUTS][:len(want[i][features.INPUTS])]
-    assert_row(row, want[i], name)
+    row = first_row(layer(parsed))
+    assert_row(row, want[split][i], name)
+
+
+def test_unigram_xent_needs_tft():
+  """It is an analyzer: eager calls without tft fail loudly (encode_features is the
+  instance-level part)."""
+  with pytest.raises(RuntimeError):
+    preprocessing.preprocessing_fn(
+        {features.MELODY_EVENTS: tf.ragged.constant([[60, -2, 62]], tf.int64).to_sparse()},
+        {'config_name': 'attention_rnn'})
 
 
 def _dense(values, pad):
@@ -314,14 +449,14 @@ def _dense(values, pad):
 
 
 @pytest.mark.parametrize('kind', ['sparse', 'ragged', 'dense'])
-def test_preprocessing_fn_accepts_any_input_kind(kind):
+def test_encode_features_accepts_any_input_kind(kind):
   """Sparse (VarLen), ragged and dense (inferred shape) raw features encode the same."""
   rng = random.Random(5)
-  melodies = [[60], real_melody(rng, 30), real_melody(rng, 30)]  # dense needs equal lengths
-  drums = [[frozenset({36})], real_drums(rng, 30), real_drums(rng, 30)]
+  melodies = [[60], real_melody(rng, 30), real_melody(rng, 30), []]  # dense: equal lengths
+  drums = [[frozenset({36})], real_drums(rng, 30), real_drums(rng, 30), []]
   for name, seqs in (('lookback_rnn', melodies), ('drum_kit', drums)):
     if kind == 'dense':
-      seqs = seqs[1:]
+      seqs = seqs[1:3]
     if name == 'drum_kit':
       lists = {features.DRUM_PITCHES: [[p for s in e for p in sorted(s)] for e in seqs],
                features.DRUM_PITCH_COUNTS: [[len(s) for s in e] for e in seqs]}
@@ -338,25 +473,20 @@ def test_preprocessing_fn_accepts_any_input_kind(kind):
     else:
       inputs = {k: _dense(v, 0) for k, v in lists.items()}
       inputs[features.SOURCE_ID] = tf.constant(ids)  # FixedLen [] -> [B]
-    out = preprocessing.preprocessing_fn(inputs, {'config_name': name})
+    out = preprocessing.encode_features(inputs, name)
     for i, events in enumerate(seqs):
-      row = {k: (tf.sparse.to_dense(v)[i] if isinstance(v, tf.SparseTensor) else v[i]).numpy()
-             for k, v in out.items()}
-      want = expected_row(name, events)
-      row[features.INPUTS] = row[features.INPUTS][:len(want[features.INPUTS])]
-      row[features.LABELS] = row[features.LABELS][:len(want[features.LABELS])]
-      assert_row(row, want, name)
+      row = first_row(out, i)
+      assert_row(row, expected_row(name, events), name)
       assert row[features.SOURCE_ID] == ids[i]
 
 
-def test_preprocessing_fn_without_source_id():
+def test_encode_features_without_source_id():
   """The pipeline's schema may leave SOURCE_ID out (features.statistics_features)."""
-  out = preprocessing.preprocessing_fn(
+  out = preprocessing.encode_features(
       {features.MELODY_EVENTS: tf.ragged.constant([[60, -2, 62]], tf.int64).to_sparse()},
-      {'config_name': 'attention_rnn'})
+      'attention_rnn')
   assert features.SOURCE_ID not in out
-  assert_row({k: (tf.sparse.to_dense(v)[0] if isinstance(v, tf.SparseTensor) else v[0]).numpy()
-              for k, v in out.items()}, expected_row('attention_rnn', [60, -2, 62]), 'no id')
+  assert_row(first_row(out), expected_row('attention_rnn', [60, -2, 62]), 'no id')
 
 
 def test_preprocessing_fn_needs_a_config_name():

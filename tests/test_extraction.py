@@ -8,7 +8,9 @@ Magenta oracle (tests/magenta_oracle.py) runs in a subprocess with Magenta 2.1.4
 import collections
 import dataclasses
 import gzip
+import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -21,6 +23,7 @@ from note_seq.protobuf import music_pb2
 import pytest
 import tensorflow as tf
 
+from components.note_sequence_example_gen import splitting
 from music_rnn import configs
 from music_rnn import extraction
 from music_rnn import features
@@ -406,6 +409,116 @@ def test_run_extraction_writes_jsonl(tmp_path, sample):
   assert all(isinstance(step, list) for step in lines[0]['events'])
   table = extraction.format_stats(stats)
   assert 'drum_tracks_extracted' in table and 'records_read' in table
+
+
+# --- The train/eval split by piece -------------------------------------------------
+
+
+def _piece_ids(n, prefix='piece'):
+  return [f'{prefix}/{i:05d}' for i in range(n)]
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 10, 19, 20, 21, 66, 200, 3000])
+@pytest.mark.parametrize('ratio', [0.05, 0.1, 0.3])
+def test_split_eval_pieces_ratio_and_minimum(n, ratio):
+  ids = _piece_ids(n)
+  chosen = splitting.eval_pieces(ids, ratio, seed=3)
+  assert chosen <= set(ids)
+  if n >= 2:
+    assert len(chosen) < n, 'training keeps at least one piece'
+    assert len(chosen) >= min(n - 1, math.ceil(ratio * n))
+  if n >= 20:
+    assert len(chosen) >= 5
+  hashes = {i: splitting.piece_hash(i, 3) for i in ids}
+  below = {i for i in ids if hashes[i] < ratio}
+  assert below <= chosen or len(chosen) == n - 1
+  # The top-up follows hash order: every eval piece sorts before every train piece.
+  if chosen and len(chosen) < n:
+    assert max(hashes[i] for i in chosen) < min(hashes[i] for i in set(ids) - chosen)
+  # Nothing beyond the threshold and the minimum is taken.
+  assert len(chosen) == min(max(len(below), splitting.min_eval_pieces(n, ratio)),
+                            max(n - 1, 0))
+
+
+def test_split_eval_pieces_is_deterministic_and_seeded():
+  ids = _piece_ids(66)
+  chosen = splitting.eval_pieces(ids, 0.1, seed=0)
+  shuffled = list(ids)
+  random.Random(1).shuffle(shuffled)
+  assert splitting.eval_pieces(shuffled + ids[:5], 0.1, seed=0) == chosen
+  others = {splitting.eval_pieces(ids, 0.1, seed=s) for s in range(1, 6)}
+  assert chosen not in others and len(others) > 1
+  # The salted hash is part of the data's contract: the same id, the same place.
+  assert splitting.piece_hash('freedoom1/D_E1M1', 0) == pytest.approx(
+      int(hashlib.sha256(b'0\0freedoom1/D_E1M1').hexdigest()[:16], 16) / 2.0 ** 64)
+  with pytest.raises(ValueError, match='eval_ratio'):
+    splitting.eval_pieces(ids, 1.0)
+
+
+def test_split_is_stable_when_pieces_are_added():
+  for n, added in ((66, 30), (25, 200), (3000, 500)):
+    old = _piece_ids(n)
+    new = old + _piece_ids(added, prefix='new')
+    before = splitting.eval_pieces(old, 0.1, seed=0)
+    after = splitting.eval_pieces(new, 0.1, seed=0)
+    below = {i for i in old if splitting.piece_hash(i, 0) < 0.1}
+    assert below <= before and below <= after, 'a hashed-in eval piece left eval'
+    # Eval is a prefix of one fixed hash order, so old pieces change split only between
+    # the threshold and the top-up's cut, and no more than the top-ups hold.
+    hashes = {i: splitting.piece_hash(i, 0) for i in new}
+    cut = max(hashes[i] for i in before | after)
+    moved = (before ^ after) & set(old)
+    assert all(0.1 <= hashes[i] <= cut for i in moved)
+    assert len(moved) <= len(before - below) + len(after - below)
+    assert len(moved) <= 0.02 * n + 5
+    if len(below) >= splitting.min_eval_pieces(n, 0.1) and len(
+        {i for i in new if hashes[i] < 0.1}) >= splitting.min_eval_pieces(n + added, 0.1):
+      assert after & set(old) == before, 'no top-up: old pieces keep their split'
+
+
+def _example_gen_splits(tmp_path, data, config_name, split_seed=0):
+  """Runs the real NoteSequenceExampleGen alone; {split: {source_id: examples}}."""
+  from tfx import v1 as tfx
+  from components.note_sequence_example_gen import NoteSequenceExampleGen
+  from components.note_sequence_example_gen import executor as example_gen_executor
+  from pipeline import mlmd_results
+  name = f'split-{config_name}-{split_seed}'
+  metadata = str(tmp_path / 'metadata.db')
+  gen = NoteSequenceExampleGen(input_base=os.path.dirname(data),
+                               input_pattern=os.path.basename(data),
+                               model_config=config_name, split_seed=split_seed)
+  tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
+      pipeline_name=name, pipeline_root=str(tmp_path / 'root'), components=[gen],
+      metadata_connection_config=tfx.orchestration.metadata
+      .sqlite_metadata_connection_config(metadata)))
+  results = mlmd_results.latest_results(metadata, name)
+  examples = results['NoteSequenceExampleGen'].outputs['examples'][0]
+  assert json.loads(examples.properties['split_names'].string_value) == ['train', 'eval']
+  splits = {}
+  for split in ('train', 'eval'):
+    files = tf.io.gfile.glob(os.path.join(examples.uri, f'Split-{split}', '*.gz'))
+    ids = splits[split] = collections.Counter()
+    for r in tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator():
+      ids[tf.train.Example.FromString(r).features.feature[
+          features.SOURCE_ID].bytes_list.value[0].decode()] += 1
+  return splits, examples, example_gen_executor.read_split(examples.uri)
+
+
+def test_split_freedoom_example_gen_by_piece(tmp_path, freedoom):
+  splits, examples, recorded = _example_gen_splits(tmp_path, FREEDOOM, 'drum_kit')
+  train, evals = set(splits['train']), set(splits['eval'])
+  assert not train & evals, 'a piece in both splits'
+  with_drums = {i for i, ns in freedoom.items()
+                if extraction.extract_sequences(ns, DRUMS, collections.Counter())}
+  assert train | evals == with_drums and len(with_drums) == 61
+  assert len(evals) >= 7, f'{len(evals)} of 66 pieces in eval'
+  # The executor chose exactly what the pure function chooses (as `music-rnn extract` can).
+  assert evals == splitting.eval_pieces(with_drums, DRUMS.extractor.eval_ratio, seed=0)
+  assert sum(splits['eval'].values()) + sum(splits['train'].values()) == 81
+  assert recorded['eval_pieces'] == len(evals) and recorded['train_pieces'] == len(train)
+  assert sorted(evals) == recorded['eval_source_ids']
+  assert json.loads(examples.custom_properties['split_pieces'].string_value)[
+      'eval_pieces'] == len(evals)
 
 
 # --- Magenta itself as the oracle ---------------------------------------------------

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from music_rnn import compact
 from music_rnn import configs
 from music_rnn import encoding
 from music_rnn import generation
@@ -101,19 +102,25 @@ def test_decode_inverts_labels(name):
     np.testing.assert_array_equal(decoded.numpy(), events[:, t + 1], err_msg=f'position {t}')
 
 
-@pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn', 'lookback_rnn'])
+@pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_stepper_matches_model(name):
   config, model = _model(name)
   gen = generation.Generator(model, config)
   rng = random.Random(2)
   events = np.stack([_random_events(config, rng, 12) for _ in range(2)])
   inputs, _, _ = encoding.encode_batch(config, events, squash=False)
-  full = model({model_lib.INPUTS: inputs, model_lib.LENGTHS: tf.constant([12, 12])}).numpy()
+  hot, flags = compact.compact_batch(config, inputs)
+  full = model({model_lib.HOT: hot, model_lib.FLAGS: flags,
+                model_lib.LENGTHS: tf.constant([12, 12])}).numpy()
   enc_state, rnn_state = gen.encoder.initial_state(2), gen.stepper.zero_state(2)
+  model_state = model.initial_state(2)
   for t in range(12):
     enc_state, hot, dense, _ = _encoder_step(gen.encoder, enc_state, events, t)
     logits, rnn_state = gen.stepper.step(hot, dense, rnn_state)
     np.testing.assert_allclose(logits.numpy(), full[:, t], atol=2e-5, err_msg=f'step {t}')
+    # The stepper is the model's own step on weights prepared at export.
+    model_logits, model_state = model.step(hot, dense, model_state)
+    np.testing.assert_allclose(logits.numpy(), model_logits.numpy(), atol=1e-6)
   # The packed state (RNN and encoder) round-trips exactly.
   packed = gen._pack(rnn_state, enc_state)  # pylint: disable=protected-access
   assert packed.shape == (2, gen.state_size)

@@ -1,4 +1,5 @@
-"""Tests for music_rnn.model: shapes, masking, metrics, attention, clipping, replicas."""
+"""Tests for music_rnn.model: shapes, masking, metrics, attention, the fast core against
+the Keras layers' own formulation, clipping, the NaN guard, replicas."""
 
 import json
 import os
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from music_rnn import compact
 from music_rnn import configs
 from music_rnn import model as model_lib
 
@@ -26,21 +28,35 @@ def _small(name, **overrides):
 
 
 def _batch(config, lengths, seed=0):
+  """Random compact inputs {'hot', 'flags', 'lengths'}, labels, mask (1 on real steps)."""
+  layout = compact.input_layout(config)
   rng = np.random.default_rng(seed)
-  t = max(lengths)
-  x = rng.random((len(lengths), t, config.input_size)).astype(np.float32)
-  labels = rng.integers(0, config.num_classes, (len(lengths), t))
+  b, t = len(lengths), max(lengths)
+  hot = np.stack([rng.integers(0, size + 1, (b, t)) + offset  # + 1: sometimes none set
+                  for size, offset in zip(layout.block_sizes, layout.block_offsets)], -1)
+  hot = np.minimum(hot, layout.num_hot)
+  flags = rng.integers(0, 2 ** max(layout.num_flag_bits, 1), (b, t))
+  labels = rng.integers(0, config.num_classes, (b, t))
   labels[:, ::3] = config.no_event_label  # make sure both kinds of step occur
   mask = np.arange(t)[None, :] < np.array(lengths)[:, None]
-  return x, np.array(lengths, np.int32), labels, mask
+  inputs = {model_lib.HOT: hot, model_lib.FLAGS: flags,
+            model_lib.LENGTHS: np.array(lengths, np.int32)}
+  return inputs, labels, mask
+
+
+def _randomize(model, seed=0, scale=0.3):
+  """Random weights everywhere (biases too), so no term of the math is trivially 0."""
+  rng = np.random.default_rng(seed)
+  for v in model.trainable_variables:
+    v.assign(rng.normal(size=v.shape).astype(np.float32) * scale)
 
 
 @pytest.mark.parametrize('name', ['drum_kit', 'attention_rnn', 'basic_rnn'])
 def test_output_shapes(name):
   config, hparams = _small(name)
   model = model_lib.build_model(config, hparams)
-  x, lengths, _, _ = _batch(config, [6, 3])
-  logits = model({'inputs': x, 'lengths': lengths})
+  inputs, _, _ = _batch(config, [6, 3])
+  logits = model(inputs)
   assert tuple(logits.shape) == (2, 6, config.num_classes)
   first = model.rnn_layers[0]
   assert isinstance(first.cell, model_lib.AttentionLSTMCell) == bool(hparams.attn_length)
@@ -82,30 +98,93 @@ def test_metrics_match_numpy():
   assert np.isnan(float(empty.result()))
 
 
-@pytest.mark.parametrize('name', ['drum_kit', 'basic_rnn'])
+@pytest.mark.parametrize('name', ['drum_kit', 'basic_rnn', 'attention_rnn'])
 def test_padding_changes_neither_outputs_nor_metrics(name):
   config, hparams = _small(name)
   model = model_lib.build_model(config, hparams)
   lengths = [7, 4, 2]
-  x, lens, labels, mask = _batch(config, lengths, seed=2)
-  x[~mask] = 123.0  # garbage in the padding must not leak anywhere
-  padded = model({'inputs': x, 'lengths': lens}).numpy()
+  inputs, labels, mask = _batch(config, lengths, seed=2)
+  # Garbage in the padding (even out-of-range indices) must not leak anywhere.
+  inputs[model_lib.HOT][~mask] = 10 ** 6
+  inputs[model_lib.FLAGS][~mask] = -1
+  padded = model(inputs).numpy()
   metrics = model_lib.make_metrics(config.no_event_label)
   for m in metrics:
     m.update_state(labels, padded, sample_weight=mask)
   singles = model_lib.make_metrics(config.no_event_label)
   for b, n in enumerate(lengths):
-    alone = model({'inputs': x[b:b + 1, :n], 'lengths': lens[b:b + 1]}).numpy()
+    alone = model({k: v[b:b + 1, :n] if v.ndim > 1 else v[b:b + 1]
+                   for k, v in inputs.items()}).numpy()
     np.testing.assert_allclose(alone[0], padded[b, :n], atol=1e-5)
     for m in singles:
       m.update_state(labels[b:b + 1, :n], alone)
   for m, s in zip(metrics, singles):
     np.testing.assert_allclose(float(m.result()), float(s.result()), rtol=1e-5)
-  # The model's own test_step agrees with the metrics above.
+  # The model's own test_step agrees with the metrics above, and reports the padding.
   model.reset_metrics()
-  logs = model.test_step(({'inputs': x, 'lengths': lens}, labels))
+  logs = model.test_step((inputs, labels))
   for m in metrics:
     np.testing.assert_allclose(float(logs[m.name]), float(m.result()), rtol=1e-5)
+  np.testing.assert_allclose(float(logs['padded_fraction']), (21 - 13) / 13, rtol=1e-6)
+
+
+def _loss(model, fn, inputs, labels, mask):
+  with tf.GradientTape() as tape:
+    loss = model_lib.sequence_loss(labels, fn(inputs), mask)
+  return loss, tape.gradient(loss, model.trainable_variables)
+
+
+@pytest.mark.parametrize('name', ['drum_kit', 'basic_rnn', 'lookback_rnn', 'attention_rnn'])
+def test_fast_core_equals_keras_layers_formulation(name):
+  """`call` (gathered rows, folded attention projection, carried keys, matmuls outside
+  the loop) == keras.layers.LSTM and the attention cell on the full input rows, with
+  the same variables: logits on real steps, loss and every gradient."""
+  config, hparams = _small(name, dropout_keep_prob=1.0)
+  model = model_lib.build_model(config, hparams)
+  _randomize(model)
+  inputs, labels, mask = _batch(config, [9, 6, 1], seed=7)
+  rows = {model_lib.INPUTS: compact.expand_inputs(config, inputs[model_lib.HOT],
+                                                  inputs[model_lib.FLAGS]),
+          model_lib.LENGTHS: inputs[model_lib.LENGTHS]}
+  fast = model(inputs).numpy()
+  reference = model.reference_call(rows).numpy()
+  assert np.abs(reference[mask]).max() > 0.1
+  np.testing.assert_allclose(fast[mask], reference[mask], atol=1e-5)
+  fast_loss, fast_grads = _loss(model, model, inputs, labels, mask)
+  ref_loss, ref_grads = _loss(model, model.reference_call, rows, labels, mask)
+  np.testing.assert_allclose(float(fast_loss), float(ref_loss), rtol=1e-6)
+  for v, f, r in zip(model.trainable_variables, fast_grads, ref_grads):
+    f, r = tf.convert_to_tensor(f).numpy(), tf.convert_to_tensor(r).numpy()
+    assert np.abs(r).max() > 0, v.path
+    np.testing.assert_allclose(f, r, atol=1e-5 * max(1., np.abs(r).max()), err_msg=v.path)
+
+
+def test_keras_layers_formulation_is_the_old_model():
+  """reference_call is a plain Keras model: a separately built stack of
+  keras.layers.LSTM / RNN(AttentionLSTMCell) with the weights copied in agrees."""
+  config, hparams = _small('drum_kit', dropout_keep_prob=1.0)
+  model = model_lib.build_model(config, hparams)
+  _randomize(model, seed=1)
+  inputs, _, mask = _batch(config, [5, 3], seed=8)
+  x = tf.cast(compact.expand_inputs(config, inputs[model_lib.HOT], inputs[model_lib.FLAGS]),
+              tf.float32)
+  layers = [keras.layers.RNN(model_lib.AttentionLSTMCell(12, 5), return_sequences=True),
+            keras.layers.LSTM(8, return_sequences=True),
+            keras.layers.Dense(config.num_classes)]
+  by_path = {v.path.split('/', 1)[1]: v for v in model.weights}
+  keras_mask = tf.constant(mask)
+  y = x
+  for layer, ours in zip(layers, model.rnn_layers + [model.logits_layer]):
+    y = layer(y, mask=keras_mask) if layer is not layers[-1] else layer(y)
+    own = [v for v in ours.weights]
+    assert len(own) == len(layer.weights)
+    for theirs, mine in zip(layer.weights, own):
+      theirs.assign(by_path[mine.path.split('/', 1)[1]])
+  y = x
+  for layer in layers[:-1]:
+    y = layer(y, mask=keras_mask)
+  old = layers[-1](y).numpy()
+  np.testing.assert_allclose(model(inputs).numpy()[mask], old[mask], atol=1e-5)
 
 
 def _sigmoid(z):
@@ -156,15 +235,18 @@ def test_attention_cell_state_and_reference_semantics():
   np.testing.assert_allclose(state[3].numpy()[:, -6:], out.numpy(), atol=1e-6)
 
 
-@pytest.mark.parametrize('name', ['attention_rnn', 'drum_kit'])
+@pytest.mark.parametrize('name', ['attention_rnn', 'drum_kit', 'lookback_rnn'])
 def test_step_by_step_equals_full_sequence(name):
   config, hparams = _small(name)
   model = model_lib.build_model(config, hparams)
-  x, lens, _, _ = _batch(config, [8, 8], seed=4)
-  full = model({'inputs': x, 'lengths': lens}).numpy()
+  _randomize(model, seed=3)
+  inputs, _, _ = _batch(config, [8, 8], seed=4)
+  full = model(inputs).numpy()
+  dense = compact.expand_dense(model.layout, inputs[model_lib.FLAGS]).numpy()
   states = model.initial_state(2)
-  for t in range(8):
-    logits, states = model.step(x[:, t], states)
+  weights = model.step_weights()
+  for t in range(8):  # more steps than the attention window, so it wraps
+    logits, states = model.step(inputs[model_lib.HOT][:, t], dense[:, t], states, weights)
     np.testing.assert_allclose(logits.numpy(), full[:, t], atol=1e-5)
 
 
@@ -194,8 +276,7 @@ def test_train_step_applies_clipped_gradients():
   config, hparams = _small('basic_rnn', dropout_keep_prob=1.0, clip_norm=0.01)
   model = model_lib.build_model(config, hparams)
   model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), jit_compile=False)
-  x, lens, labels, mask = _batch(config, [5, 3], seed=5)
-  inputs = {'inputs': x, 'lengths': lens}
+  inputs, labels, mask = _batch(config, [5, 3], seed=5)
   with tf.GradientTape() as tape:
     loss = model_lib.sequence_loss(labels, model(inputs), mask)
   variables = model.trainable_variables
@@ -217,16 +298,17 @@ _MIRRORED = textwrap.dedent('''
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from music_rnn import configs, model as model_lib
+    from music_rnn import compact, configs, model as model_lib
 
     config = configs.get_config('drum_kit')
     hparams = config.hparams.replace(rnn_layer_sizes=(8, 8), attn_length=3,
                                      dropout_keep_prob=1.0, clip_norm=0.05)
     rng = np.random.default_rng(0)
     lengths = np.array([9, 2, 4, 1, 6], np.int32)  # unequal work per replica
-    x = rng.random((5, 9, config.input_size)).astype(np.float32)
+    hot = rng.integers(0, compact.input_layout(config).num_hot + 1, (5, 9, 1))
     labels = rng.integers(0, 4, (5, 9))
-    ds = tf.data.Dataset.from_tensor_slices(({'inputs': x, 'lengths': lengths}, labels))
+    ds = tf.data.Dataset.from_tensor_slices((
+        {'hot': hot, 'flags': np.zeros((5, 9), np.int64), 'lengths': lengths}, labels))
     # Every training batch is the same 4 sequences (11 + 5 real steps on the two
     # replicas): Keras 3.6 under a strategy eats one batch before training starts
     # (and needs it evenly split), so both runs only see the same data this way.
@@ -272,17 +354,25 @@ def test_mixed_bfloat16_runs_the_rnn_low_and_the_softmax_float32():
   assert cell.compute_dtype == cell.lstm.compute_dtype == 'bfloat16'
   assert model.rnn_layers[1].cell.compute_dtype == 'bfloat16'
   assert {v.dtype for v in model.weights if v.trainable} == {'float32'}
-  x, lens, labels, _ = _batch(config, [6, 3], seed=6)
-  logits = model({'inputs': x, 'lengths': lens})
+  inputs, labels, mask = _batch(config, [6, 3], seed=6)
+  logits = model(inputs)
   assert logits.dtype == tf.float32
   reference = model_lib.build_model(config, hparams)
   reference.set_weights(model.get_weights())
-  full = reference({'inputs': x, 'lengths': lens}).numpy()
-  np.testing.assert_allclose(logits.numpy(), full, atol=0.05)  # bfloat16: ~3 digits
-  step_logits, _ = model.step(x[:, 0], model.initial_state(2))
+  full = reference(inputs).numpy()
+  np.testing.assert_allclose(logits.numpy()[mask], full[mask], atol=0.05)  # bfloat16: ~3 digits
+  dense = compact.expand_dense(model.layout, inputs[model_lib.FLAGS])
+  state = model.initial_state(2)
+  assert {s.dtype for s in state} == {tf.bfloat16}
+  step_logits, _ = model.step(inputs[model_lib.HOT][:, 0], dense[:, 0], state)
   assert step_logits.dtype == tf.float32
-  logs = model.train_step(({'inputs': x, 'lengths': lens}, labels))
+  np.testing.assert_allclose(step_logits.numpy(), full[:, 0], atol=0.05)
+  logs = model.train_step((inputs, labels))
   assert np.isfinite(float(logs['loss']))
+  # The compiled (XLA) train step too.
+  history = model.fit(tf.data.Dataset.from_tensors((inputs, labels)).repeat(),
+                      steps_per_epoch=2, epochs=1, verbose=0).history
+  assert np.isfinite(history['loss'][-1])
 
 
 def test_mixed_float16_clips_the_unscaled_gradient():
@@ -292,10 +382,44 @@ def test_mixed_float16_clips_the_unscaled_gradient():
   model = model_lib.build_model(config, hparams, 'mixed_float16')
   model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), jit_compile=False)
   assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-  x, lens, labels, _ = _batch(config, [5, 3], seed=5)
+  inputs, labels, _ = _batch(config, [5, 3], seed=5)
   before = [v.numpy() for v in model.trainable_variables]
-  model.train_step(({'inputs': x, 'lengths': lens}, labels))
+  model.train_step((inputs, labels))
   # Each tensor moves by exactly clip_norm: not by clip_norm / loss scale, which
   # clipping the scaled gradient would give, nor 0 (a step skipped as non-finite).
   norms = [np.linalg.norm(v.numpy() - b) for v, b in zip(model.trainable_variables, before)]
   np.testing.assert_allclose(norms, clip, rtol=1e-2)
+
+
+@pytest.mark.parametrize('jit_compile', [True, False], ids=['xla', 'no_xla'])
+def test_nan_guard_skips_the_update_and_records_the_first_bad_step(jit_compile):
+  config, hparams = _small('attention_rnn', dropout_keep_prob=1.0)
+  model = model_lib.build_model(config, hparams, jit_compile=jit_compile)
+  assert int(model.first_nonfinite_step.numpy()) == -1
+  inputs, labels, _ = _batch(config, [5, 3], seed=9)
+  data = tf.data.Dataset.from_tensors((inputs, labels)).repeat()
+  model.fit(data, steps_per_epoch=2, epochs=1, verbose=0)
+  assert int(model.first_nonfinite_step.numpy()) == -1
+  assert int(model.optimizer.iterations.numpy()) == 2
+  bias = model.logits_layer.bias
+  bias.assign(np.where(np.arange(bias.shape[0]) == 1, np.nan, bias.numpy()).astype(np.float32))
+  before = [v.numpy() for v in model.trainable_variables]
+  model.fit(data, steps_per_epoch=3, epochs=1, verbose=0)
+  # Steps 2, 3, 4 were skipped (nothing moved, not even Adam's step count); 2 is kept.
+  assert int(model.first_nonfinite_step.numpy()) == 2
+  assert int(model.optimizer.iterations.numpy()) == 2
+  for v, b in zip(model.trainable_variables, before):
+    np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
+  # Finite again: training resumes, the record stays.
+  bias.assign(np.zeros(bias.shape, np.float32))
+  model.fit(data, steps_per_epoch=1, epochs=1, verbose=0)
+  assert int(model.optimizer.iterations.numpy()) == 3
+  assert int(model.first_nonfinite_step.numpy()) == 2
+
+
+def test_build_model_defaults_compile_the_train_step_with_xla():
+  config, hparams = _small('drum_kit')
+  model = model_lib.build_model(config, hparams)
+  assert model.jit_compile is True  # one CPU: measured fastest (benchmarks/core_speed.py)
+  assert model.steps_per_execution == model_lib.DEFAULT_STEPS_PER_EXECUTION
+  assert 'padded_fraction' in [m.name for m in model.metrics]

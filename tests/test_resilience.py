@@ -53,6 +53,14 @@ def test_epoch_plan_puts_evals_and_checkpoints_on_epoch_ends():
   assert training.epoch_plan(4, 10, 4, 2) == (2, 3, [2, 3])
   # Intervals that do not nest: epochs of gcd(6, 4) = 2 steps.
   assert training.epoch_plan(0, 12, 6, 4) == (2, 6, [3, 6])
+  # 10 steps in epochs of 4: the third is cut to 2 steps (by _StepLimit, host-counted),
+  # so a Keras execution may span at most 2 steps there.
+  assert training.epoch_plan(0, 10, 4, 4) == (4, 3, [1, 2, 3])
+  assert training.last_epoch_steps(0, 10, 4) == 2
+  assert training.last_epoch_steps(4, 10, 2) == 2
+  assert training.steps_per_execution(8, 4, 2) == 2
+  assert training.steps_per_execution(4, 8, 8) == 4
+  assert training.steps_per_execution(0, 8, 8) == 1
 
 
 def test_global_batch_must_divide_over_replicas():
@@ -251,7 +259,8 @@ def test_non_finite_loss_stops_with_magenta_advice(transformed, tmp_path):  # no
                            checkpoint_dir=str(tmp_path / 'checkpoints'))
   kwargs['custom_config']['hparams'] = {**HPARAMS, 'learning_rate': 1e38}  # weights -> inf
   with pytest.raises(training.DivergenceError,
-                     match=r'(?s)diverged: the loss is nan at step 2 of 6.*lower learning_rate '
+                     match=r'(?s)diverged: the loss or its gradients were not finite at step 2 '
+                     r'of 6.*lower learning_rate '
                      r'\(now 1e\+38; try 1e\+37\).*lower clip_norm.*smaller rnn_layer_sizes'):
     training.run_fn(_fn_args(**kwargs))
   assert not os.path.exists(os.path.join(kwargs['serving_model_dir'], 'saved_model.pb'))

@@ -232,7 +232,7 @@ _SEARCH = textwrap.dedent('''
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
     import numpy as np
-    from music_rnn import configs, tuning
+    from music_rnn import compact, configs, tuning
 
     directory, max_trials, kill_at_fit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     config = configs.get_config('basic_rnn')
@@ -254,11 +254,13 @@ _SEARCH = textwrap.dedent('''
         return super().fit(hp, model, *args, **kwargs)
 
     rng = np.random.default_rng(0)
-    def data(n):
-      x = rng.random((n, 5, config.input_size)).astype('float32')
+    layout = compact.input_layout(config)
+    def data(n):  # compact inputs (basic_rnn: one one-hot block, no dense columns)
+      hot = rng.integers(0, layout.num_hot, (n, 5, layout.num_blocks)).astype('int32')
       y = rng.integers(0, config.num_classes, (n, 5)).astype('int32')
       return tf.data.Dataset.from_tensor_slices(
-          ({'inputs': x, 'lengths': np.full((n,), 5, 'int32')}, y))
+          ({'hot': hot, 'flags': np.zeros((n, 5), 'int64'),
+            'lengths': np.full((n,), 5, 'int32')}, y))
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     tuner = tuning.make_tuner('hyperband', HyperModel(config, overrides, space, seed=2),
                               directory, max_trials=max_trials, max_epochs=3, seed=2,

@@ -21,19 +21,27 @@ class NoteSequenceExampleGenSpec(standard_component_specs.FileBasedExampleGenSpe
   PARAMETERS = {
       **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
       executor.MODEL_CONFIG_KEY: component_spec.ExecutionParameter(type=str),
+      executor.SPLIT_SEED_KEY: component_spec.ExecutionParameter(type=int, optional=True),
   }
 
 
+_BUCKETS = 1000  # eval_ratio to 0.1%
+
+
 def split_config(eval_ratio: float) -> example_gen_pb2.Output:
-  """Train/eval split by source piece (hash of SOURCE_ID), so pieces never straddle splits."""
+  """Train/eval split by source piece, so pieces never straddle splits.
+
+  The executor reads eval_ratio back from the buckets and chooses the eval pieces with
+  splitting.eval_pieces (a guaranteed minimum), not with TFX's per-example hash.
+  """
   if not 0.0 < eval_ratio < 1.0:
     raise ValueError(f'eval_ratio must be in (0, 1), got {eval_ratio}')
-  eval_buckets = max(1, round(eval_ratio * 100))
+  eval_buckets = max(1, round(eval_ratio * _BUCKETS))
   return example_gen_pb2.Output(
       split_config=example_gen_pb2.SplitConfig(
           splits=[
               example_gen_pb2.SplitConfig.Split(
-                  name=features.TRAIN_SPLIT, hash_buckets=100 - eval_buckets),
+                  name=features.TRAIN_SPLIT, hash_buckets=_BUCKETS - eval_buckets),
               example_gen_pb2.SplitConfig.Split(
                   name=features.EVAL_SPLIT, hash_buckets=eval_buckets),
           ],
@@ -44,7 +52,9 @@ class NoteSequenceExampleGen(example_gen_component.FileBasedExampleGen):
   """Reads NoteSequence TFRecords under `input_base` matching `input_pattern`.
 
   Emits one tf.Example per drum track or melody that Magenta's extractor for
-  `model_config` keeps, split 90/10 (config's eval_ratio) by source piece.
+  `model_config` keeps, split by source piece: at least the config's eval_ratio of the
+  pieces (and at least 5 of a corpus of 20 or more) go to eval, chosen by a hash salted
+  with `split_seed` (splitting.eval_pieces).
   """
 
   SPEC_CLASS = NoteSequenceExampleGenSpec
@@ -54,7 +64,8 @@ class NoteSequenceExampleGen(example_gen_component.FileBasedExampleGen):
                input_base: str,
                model_config: str,
                input_pattern: str = '*.tfrecord*',
-               eval_ratio: Optional[float] = None):
+               eval_ratio: Optional[float] = None,
+               split_seed: int = 0):
     config = configs.get_config(model_config)
     if eval_ratio is None:
       eval_ratio = config.extractor.eval_ratio
@@ -69,5 +80,6 @@ class NoteSequenceExampleGen(example_gen_component.FileBasedExampleGen):
         output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
         output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
         model_config=config.name,
+        split_seed=split_seed,
         examples=channel.Channel(type=standard_artifacts.Examples))
     base_component.BaseComponent.__init__(self, spec=spec)

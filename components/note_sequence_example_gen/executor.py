@@ -3,12 +3,14 @@
 Runs Magenta's dataset stages (time-change split, quantize, drum/melody extraction) for
 the component's model config, counts every dropped sequence by reason (Beam counters, a
 JSON file next to the examples, the log) and refuses to finish with zero examples.
+Splits train/eval by piece with splitting.eval_pieces over the set of all pieces that
+yielded examples (a Beam side input), so the eval split's size is guaranteed, not luck.
 """
 
 import collections
 import json
 import os
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional
 
 from absl import logging
 import apache_beam as beam
@@ -20,12 +22,17 @@ from tfx.types import artifact_utils
 from tfx.types import standard_component_specs
 from tfx.utils import proto_utils
 
+from components.note_sequence_example_gen import splitting
 from music_rnn import configs
 from music_rnn import extraction
+from music_rnn import features
 
 MODEL_CONFIG_KEY = 'model_config'
+SPLIT_SEED_KEY = 'split_seed'
 STATS_FILE = 'extraction_stats.json'
 STATS_PROPERTY = 'extraction_stats'
+SPLIT_FILE = 'split_pieces.json'
+SPLIT_PROPERTY = 'split_pieces'
 METRICS_NAMESPACE = 'music_rnn.extraction'
 _STATS_TAG = 'stats'
 
@@ -66,6 +73,35 @@ class _Extract(beam.DoFn):
     for seq in extraction.extract_sequences(note_sequence, self._config, stats):
       yield extraction.to_tf_example(seq, self._config)
     yield from _count(stats)
+
+
+def _source_id(example: tf.train.Example) -> str:
+  return example.features.feature[features.SOURCE_ID].bytes_list.value[0].decode('utf-8')
+
+
+class _SplitByPiece(beam.DoFn):
+  """Sends each (source_id, example) to the eval output if its piece was chosen."""
+
+  def __init__(self, train: str, evaluation: str):
+    self._train, self._eval = train, evaluation
+
+  def process(self, keyed, eval_ids):
+    source_id, example = keyed
+    yield beam.pvalue.TaggedOutput(
+        self._eval if source_id in eval_ids else self._train, example)
+
+
+def _write_split(piece_ids: List[str], eval_ids, eval_ratio: float, seed: int,
+                 path: Optional[str]) -> None:
+  """Logs the split and records it (counts and the eval pieces) next to the stats."""
+  summary = {'pieces': len(piece_ids), 'eval_pieces': len(eval_ids),
+             'train_pieces': len(piece_ids) - len(eval_ids), 'eval_ratio': eval_ratio,
+             'split_seed': seed, 'eval_source_ids': sorted(eval_ids)}
+  logging.info('Split by piece: %d train, %d eval of %d pieces (eval_ratio %g, seed %d)',
+               summary['train_pieces'], summary['eval_pieces'], len(piece_ids),
+               eval_ratio, seed)
+  if path:
+    _write_stats(summary, path)
 
 
 def _sum_stats(dicts: Iterable[Dict[str, int]]) -> Dict[str, int]:
@@ -122,6 +158,36 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
     return _NoteSequencesToExamples
 
+  def GenerateExamplesByBeam(self, pipeline: beam.Pipeline,
+                             exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+    """Extracts once, then splits by piece over the global set of piece ids."""
+    input_config, output_config = _split_configs(exec_properties)
+    splits = output_config.split_config.splits
+    if len(input_config.splits) != 1 or len(splits) != 2:
+      return super().GenerateExamplesByBeam(pipeline, exec_properties)
+    train, evaluation = splits[0].name, splits[1].name
+    eval_ratio = splits[1].hash_buckets / (splits[0].hash_buckets + splits[1].hash_buckets)
+    seed = int(exec_properties.get(SPLIT_SEED_KEY) or 0)
+    exec_properties['_beam_pipeline_args'] = self._beam_pipeline_args or []
+    to_examples = self.GetInputSourceToExamplePTransform()
+    keyed = (pipeline
+             | 'InputToRecord' >> to_examples(  # pylint: disable=no-value-for-parameter
+                 exec_properties, input_config.splits[0].pattern)
+             | 'KeyByPiece' >> beam.Map(lambda ex: (_source_id(ex), ex)))
+    piece_ids = (keyed
+                 | 'PieceIds' >> beam.Keys()
+                 | 'DistinctPieces' >> beam.Distinct()
+                 | 'AllPieces' >> beam.combiners.ToList())
+    eval_ids = piece_ids | 'ChooseEval' >> beam.Map(
+        splitting.eval_pieces, eval_ratio, seed)
+    split_path = os.path.join(self._stats_dir, SPLIT_FILE) if self._stats_dir else None
+    _ = piece_ids | 'RecordSplit' >> beam.Map(
+        _write_split, beam.pvalue.AsSingleton(eval_ids), eval_ratio, seed, split_path)
+    out = keyed | 'SplitByPiece' >> beam.ParDo(
+        _SplitByPiece(train, evaluation), beam.pvalue.AsSingleton(eval_ids)).with_outputs(
+            train, evaluation)
+    return {train: out[train], evaluation: out[evaluation]}
+
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
          exec_properties: Dict[str, Any]) -> None:
@@ -131,6 +197,10 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     super().Do(input_dict, output_dict, exec_properties)
     stats = read_stats(examples.uri)
     examples.set_string_custom_property(STATS_PROPERTY, json.dumps(stats, sort_keys=True))
+    split = read_split(examples.uri)
+    if split:
+      examples.set_string_custom_property(SPLIT_PROPERTY, json.dumps(
+          {k: v for k, v in split.items() if k != 'eval_source_ids'}, sort_keys=True))
     logging.info('Extraction statistics for %s:\n%s', exec_properties[MODEL_CONFIG_KEY],
                  extraction.format_stats(collections.Counter(stats)))
     # The same error as `music-rnn extract` on the same files.
@@ -140,10 +210,17 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                      _input_patterns(exec_properties)))
 
 
-def _input_patterns(exec_properties: Dict[str, Any]) -> str:
-  input_config = example_gen_pb2.Input()
+def _split_configs(exec_properties: Dict[str, Any]):
+  input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
   proto_utils.json_to_proto(
       exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+  proto_utils.json_to_proto(
+      exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+  return input_config, output_config
+
+
+def _input_patterns(exec_properties: Dict[str, Any]) -> str:
+  input_config, _ = _split_configs(exec_properties)
   return ','.join(split.pattern for split in input_config.splits)
 
 
@@ -159,3 +236,13 @@ def read_stats(examples_uri: str) -> Dict[str, int]:
     with tf.io.gfile.GFile(path) as f:
       total.update(json.load(f))
   return dict(total)
+
+
+def read_split(examples_uri: str) -> Dict[str, Any]:
+  """{pieces, eval_pieces, train_pieces, eval_ratio, split_seed, eval_source_ids} of an
+  Examples artifact ({} if it predates the split record)."""
+  path = os.path.join(examples_uri, '_stats', SPLIT_FILE)
+  if not tf.io.gfile.exists(path):
+    return {}
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)

@@ -1,0 +1,410 @@
+"""Training speed: our Trainer's run_fn vs Magenta 2.1.4's own training graph.
+
+For each config, on the same pieces (all extracted sequences of the bundled data: drums
+data/drums/freedoom.tfrecord.gz, melodies data/melody/essen_subset.tfrecord from `make
+data`), with the same hparams, one after the other:
+  - Magenta: a child Python with Magenta 2.1.4 on its path (`make oracle`; never imported
+    here) builds its SequenceExamples with its own dataset pipeline
+    (drums_rnn_pipeline / melody_rnn_pipeline get_pipeline, eval_ratio 0: every piece
+    trains), then its training graph (events_rnn_graph.get_build_graph_fn('train', ...):
+    queue-fed padded batches, dynamic_rnn, slim's train op) and runs it in a
+    tf.compat.v1 Session, reading the loss and the batch's lengths every step.
+  - ours: Transform (real tft_beam, the project's preprocessing_fn) of the same pieces,
+    then music_rnn.training.run_fn with a TFX FnArgs; rates from its metrics.json.
+Both time `--steps` training steps after `--warmup` untimed ones: graph build, tracing and
+XLA compilation are excluded from both (our Trainer's first evaluation interval holds the
+warm-up steps; its later intervals are timed, evaluation and checkpoints excluded).
+Printed per side: examples/s, real time-steps/s (the steps of real events; padding
+excluded), padded fraction (padded steps / real steps of the timed batches; Magenta pads
+each batch to its longest sequence) and ours/Magenta. Targets: ours/Magenta >= 3.0 at
+rnn_layer_sizes=[64,64] batch 32 (default), >= 2.0 at Magenta's sizes (--magenta-sizes:
+drum_kit [256,256,256], melodies [128,128], batch 128).
+
+Magenta's side needs, beside .oracle-site (magenta==2.1.4 --no-deps), tf-slim==1.1.0
+(--no-deps) in .oracle-extra; TensorFlow 2.16 runs it with TF_USE_LEGACY_KERAS=1 and the
+venv's tf_keras. magenta/__init__.py and magenta/common/__init__.py are bypassed (they
+import tensorflow_probability for models not used here). MAGENTA_ORACLE_PATH
+(os.pathsep-separated) overrides where Magenta and tf-slim are found.
+
+Usage: python benchmarks/train_vs_magenta.py [--configs drum_kit,attention_rnn]
+       [--steps 20] [--warmup 5] [--magenta-sizes] [--sides magenta,ours]
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ORACLE_DIRS = ('.oracle-site', '.oracle-extra')
+CONFIGS = ('drum_kit', 'attention_rnn')
+SMALL = {'rnn_layer_sizes': [64, 64], 'batch_size': 32}
+TARGETS = {'small': 3.0, 'magenta': 2.0}
+SEED = 0
+
+
+# --- Magenta's side: runs only in the child process (`--magenta-worker`). --------------
+
+
+def _import_magenta():
+  """Magenta's training modules, without magenta/__init__ and magenta/common/__init__.
+
+  Returns (tf.compat.v1, modules dict, captured): `captured` receives the tensors that
+  magenta.common.get_padded_batch returns when the graph is built (the batch lengths).
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import types  # pylint: disable=g-import-not-at-top
+  os.environ['TF_USE_LEGACY_KERAS'] = '1'  # before TensorFlow loads: tf.compat.v1 RNN cells
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.framework import indexed_slices, ops  # pylint: disable=g-import-not-at-top
+  ops.IndexedSlices = indexed_slices.IndexedSlices  # tf_slim's gradient clipping looks here
+  spec = importlib.util.find_spec('magenta')
+  if spec is None or not spec.submodule_search_locations:
+    raise SystemExit('magenta is not importable: run `make oracle`')
+  root = list(spec.submodule_search_locations)
+  magenta = types.ModuleType('magenta')
+  magenta.__path__ = root
+  common = types.ModuleType('magenta.common')
+  common.__path__ = [os.path.join(p, 'common') for p in root]
+  magenta.common = common
+  sys.modules.update({'magenta': magenta, 'magenta.common': common})
+  # pylint: disable=g-import-not-at-top
+  from magenta.common import sequence_example_lib
+  captured = {}
+
+  def get_padded_batch(*args, **kwargs):
+    captured['inputs'], captured['labels'], captured['lengths'] = batch = (
+        sequence_example_lib.get_padded_batch(*args, **kwargs))
+    return batch
+
+  common.get_padded_batch = get_padded_batch
+  common.flatten_maybe_padded_sequences = sequence_example_lib.flatten_maybe_padded_sequences
+  from magenta.models.drums_rnn import drums_rnn_model, drums_rnn_pipeline
+  from magenta.models.melody_rnn import melody_rnn_model, melody_rnn_pipeline
+  from magenta.models.shared import events_rnn_graph
+  from magenta.pipelines import pipeline
+  modules = {'drums': (drums_rnn_model, drums_rnn_pipeline),
+             'melody': (melody_rnn_model, melody_rnn_pipeline),
+             'graph': events_rnn_graph, 'pipeline': pipeline}
+  return tf, modules, captured
+
+
+def _magenta_dataset(tf, modules, config_name, data_path, out_path):
+  """Magenta's dataset pipeline on every piece -> SequenceExamples in `out_path`.
+
+  Returns (config, number of sequences, their total input steps)."""
+  from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
+  kind = 'drums' if config_name in modules['drums'][0].default_configs else 'melody'
+  model_module, pipeline_module = modules[kind]
+  config = model_module.default_configs[config_name]
+  dag = pipeline_module.get_pipeline(config, eval_ratio=0.0)
+  with open(data_path, 'rb') as f:
+    gzip = f.read(2) == b'\x1f\x8b'
+  options = tf.io.TFRecordOptions(tf.io.TFRecordCompressionType.GZIP if gzip else None)
+  pieces = (music_pb2.NoteSequence.FromString(r)
+            for r in tf.io.tf_record_iterator(data_path, options))
+  outputs = modules['pipeline'].load_pipeline(dag, pieces)
+  examples = [e for name, es in outputs.items() if name.startswith('training') for e in es]
+  with tf.io.TFRecordWriter(out_path) as writer:
+    for example in examples:
+      writer.write(example.SerializeToString())
+  steps = sum(len(e.feature_lists.feature_list['inputs'].feature) for e in examples)
+  return config, len(examples), steps
+
+
+def _magenta_time(tf, modules, captured, config, path, warmup, steps):
+  """Builds Magenta's training graph on `path` and times `steps` train steps."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with tf.Graph().as_default():
+    modules['graph'].get_build_graph_fn('train', config, [path])()
+    # slim's train op: the loss after the update. (TF 2.16's v1 Adam also files its
+    # update op first under 'train_op', which events_rnn_train's [0] would pick.)
+    train_op = [t for t in tf.get_collection('train_op') if isinstance(t, tf.Tensor)][-1]
+    lengths = captured['lengths']
+    with tf.Session() as sess:
+      sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
+      coord = tf.train.Coordinator()
+      threads = tf.train.start_queue_runners(sess=sess, coord=coord)
+      for _ in range(warmup):
+        sess.run(train_op)
+      losses, real, padded = [], 0, 0
+      start = time.perf_counter()
+      for _ in range(steps):
+        loss, batch_lengths = sess.run([train_op, lengths])
+        losses.append(float(loss))
+        real += int(batch_lengths.sum())
+        padded += int(batch_lengths.size * batch_lengths.max() - batch_lengths.sum())
+      seconds = time.perf_counter() - start
+      coord.request_stop()
+      coord.join(threads, stop_grace_period_secs=10, ignore_live_threads=True)
+  if not all(np.isfinite(losses)):
+    raise SystemExit(f'Magenta loss not finite: {losses}')
+  return {'seconds': seconds, 'real_steps': real, 'padded_steps': padded,
+          'first_loss': losses[0], 'last_loss': losses[-1]}
+
+
+def magenta_worker(request):
+  """The child's whole job: one JSON line on stdout."""
+  tf, modules, captured = _import_magenta()
+  with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, 'training.tfrecord')
+    config, count, total = _magenta_dataset(tf, modules, request['config'],
+                                            request['data'], path)
+    config.hparams.parse('batch_size={},rnn_layer_sizes=[{}]'.format(
+        request['batch_size'], ','.join(str(s) for s in request['rnn_layer_sizes'])))
+    tf.disable_v2_behavior()  # as Magenta's *_rnn_train scripts do
+    result = _magenta_time(tf, modules, captured, config, path, request['warmup'],
+                           request['steps'])
+  result.update(sequences=count, dataset_steps=total, hparams=config.hparams.values())
+  print('RESULT ' + json.dumps(result), flush=True)
+
+
+def oracle_path():
+  paths = os.environ.get('MAGENTA_ORACLE_PATH')
+  paths = paths.split(os.pathsep) if paths else [os.path.join(PROJECT_ROOT, d)
+                                                 for d in ORACLE_DIRS]
+  if not any(os.path.isdir(os.path.join(p, 'magenta')) for p in paths):
+    raise SystemExit(f'Magenta 2.1.4 is not in {paths}: run `make oracle`.')
+  if not any(os.path.isdir(os.path.join(p, 'tf_slim')) for p in paths):
+    raise SystemExit(f'tf-slim is not in {paths}: pip install --no-deps --target '
+                     '.oracle-extra tf-slim==1.1.0 (see `make oracle`).')
+  return paths
+
+
+def run_magenta(request):
+  """Runs the Magenta side in a child process; returns its result dict."""
+  env = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='2')
+  env['PYTHONPATH'] = os.pathsep.join(oracle_path() + [env.get('PYTHONPATH', '')]).rstrip(
+      os.pathsep)
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), '--magenta-worker', json.dumps(request)],
+      env=env, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
+  if proc.returncode or not lines:
+    sys.stderr.write(proc.stderr[-5000:])
+    raise SystemExit(f'Magenta side failed (exit {proc.returncode})')
+  return json.loads(lines[-1][len('RESULT '):])
+
+
+# --- Our side: in this process. -------------------------------------------------------
+
+
+def _raw_examples(config, data_path):
+  """Our ExampleGen's records of every sequence our extraction finds in the pieces."""
+  import collections  # pylint: disable=g-import-not-at-top
+  from music_rnn import extraction  # pylint: disable=g-import-not-at-top
+  stats = collections.Counter()
+  return [extraction.to_tf_example(seq, config).SerializeToString()
+          for ns in extraction.read_note_sequences(data_path, stats)
+          for seq in extraction.extract_sequences(ns, config, stats)]
+
+
+def _transform(config, raw, root):
+  """tft_beam with the project's preprocessing_fn, as TFX's Transform runs it.
+
+  Every sequence is in the train split (as on Magenta's side); the eval split (needed by
+  run_fn, not timed) repeats the first few. Returns (transform_output, train, eval)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_transform.beam as tft_beam  # pylint: disable=g-import-not-at-top
+  from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils  # pylint: disable=g-import-not-at-top
+  from tfx_bsl.public import tfxio  # pylint: disable=g-import-not-at-top
+  from music_rnn import features, preprocessing  # pylint: disable=g-import-not-at-top
+  splits = {'train': raw, 'eval': raw[:4]}
+  for split, records in splits.items():
+    os.makedirs(os.path.join(root, 'raw', split))
+    with tf.io.TFRecordWriter(os.path.join(root, 'raw', split, 'data.gz'), 'GZIP') as w:
+      for r in records:
+        w.write(r)
+  schema = schema_utils.schema_from_feature_spec(features.varlen_feature_spec(config.kind))
+  sources = {s: tfxio.TFExampleRecord(os.path.join(root, 'raw', s, '*.gz'), schema=schema)
+             for s in splits}
+  fn = functools.partial(preprocessing.preprocessing_fn,
+                         custom_config={'config_name': config.name})
+  out = os.path.join(root, 'transform_output')
+  with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(root, 'tmp')):
+    train = sources['train']
+    (train_out, metadata), transform_fn = (
+        (p | 'ReadTrain' >> train.BeamSource(), train.TensorAdapterConfig())
+        | tft_beam.AnalyzeAndTransformDataset(fn, output_record_batches=True))
+    _ = transform_fn | tft_beam.WriteTransformFn(out)
+    evals = sources['eval']
+    eval_out, _ = (((p | 'ReadEval' >> evals.BeamSource(), evals.TensorAdapterConfig()),
+                    transform_fn) | tft_beam.TransformDataset(output_record_batches=True))
+    for split, data in (('train', train_out), ('eval', eval_out)):
+      _ = (data
+           | f'Encode{split}' >> beam.FlatMapTuple(
+               lambda batch, _, schema=metadata.schema:
+               tfxio.RecordBatchToExamplesEncoder(schema).encode(batch))
+           | f'Write{split}' >> beam.io.WriteToTFRecord(
+               os.path.join(root, split, 'data'), file_name_suffix='.gz',
+               compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+  metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
+                             os.path.join(out, 'metadata'))
+  return out, os.path.join(root, 'train', '*.gz'), os.path.join(root, 'eval', '*.gz')
+
+
+def _timed_seconds(history, warmup):
+  """Seconds of the train intervals after step `warmup` (each history record's rate
+  covers the steps since the previous record), or None."""
+  seconds, previous, timed = 0.0, 0, 0
+  for record in history or []:
+    step, rate = record.get('step'), record.get('steps_per_sec')
+    if step is None or not rate:
+      return None
+    if previous >= warmup:
+      seconds += (step - previous) / rate
+      timed += step - previous
+    previous = step
+  return seconds if timed else None
+
+
+def _find(metrics, key):
+  """`key` from the last history record, the top level, or any nested dict."""
+  for place in ((metrics.get('history') or [{}])[-1], metrics):
+    if isinstance(place, dict) and place.get(key) is not None:
+      return place[key]
+  for value in metrics.values():
+    if isinstance(value, dict) and value.get(key) is not None:
+      return value[key]
+  return None
+
+
+def _replay_padding(config, transform_output, train_files, batch, warmup, steps):
+  """(real, padded) steps of the timed batches: run_fn's training batches, replayed with
+  its seed (same order) by training.make_dataset; None if that is not possible."""
+  try:
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+    from music_rnn import model as model_lib, training  # pylint: disable=g-import-not-at-top
+    keras.utils.set_random_seed(SEED)
+    ds = training.make_dataset([train_files], tft.TFTransformOutput(transform_output),
+                               config, batch, training=True, seed=SEED)
+    real = padded = 0
+    for x, labels in ds.skip(warmup).take(steps):
+      lengths = x[model_lib.LENGTHS].numpy()
+      real += int(lengths.sum())
+      padded += int(lengths.size * labels.shape[1] - lengths.sum())
+    return real, padded
+  except Exception as e:  # pylint: disable=broad-except  (the Trainer is being rewritten)
+    print(f'  (could not replay our batches: {type(e).__name__}: {e})')
+    return None
+
+
+def run_ours(config, data_path, hparams, warmup, steps, work_dir):
+  """Transform + run_fn; returns the same fields as the Magenta side."""
+  from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
+  from music_rnn import training  # pylint: disable=g-import-not-at-top
+  raw = _raw_examples(config, data_path)
+  transform_output, train_files, eval_files = _transform(config, raw, work_dir)
+  total = steps + warmup
+  interval = math.gcd(warmup, steps) if warmup else steps  # a record at step `warmup`
+  fn_args = tfx.components.FnArgs(
+      working_dir=os.path.join(work_dir, 'working'), train_files=[train_files],
+      eval_files=[eval_files], train_steps=total, eval_steps=1,
+      transform_output=transform_output, transform_graph_path=transform_output,
+      serving_model_dir=os.path.join(work_dir, 'serving'),
+      model_run_dir=os.path.join(work_dir, 'run'),
+      custom_config={'config_name': config.name, 'hparams': hparams, 'seed': SEED,
+                     'num_evals': total // interval, 'checkpoint_every': interval})
+  training.run_fn(fn_args)
+  with open(os.path.join(work_dir, 'run', training.METRICS_FILE)) as f:
+    metrics = json.load(f)
+  batch = metrics.get('global_batch_size') or hparams['batch_size']
+  seconds = _timed_seconds(metrics.get('history'), warmup) if warmup else None
+  note = ''
+  if seconds is None:  # fall back on the whole run's rate (includes compilation)
+    seconds = total * batch / metrics['train_examples_per_sec']
+    steps, note = total, 'incl. compile'
+  result = {'seconds': seconds, 'sequences': len(raw), 'note': note,
+            'padded_fraction_metrics': _find(metrics, 'padded_fraction')}
+  replay = _replay_padding(config, transform_output, train_files, batch,
+                           total - steps, steps)
+  if replay:
+    result['real_steps'], result['padded_steps'] = replay
+  return result, batch, steps
+
+
+# --- Driver. ---------------------------------------------------------------------------
+
+
+def _row(side, steps, batch, r):
+  eps = steps * batch / r['seconds']
+  real = r.get('real_steps')
+  tsps = f'{real / r["seconds"]:12.0f}' if real else f'{"?":>12}'
+  padded = r.get('padded_steps')
+  frac = padded / real if real and padded is not None else r.get('padded_fraction_metrics')
+  frac = f'{frac:7.3f}' if frac is not None else f'{"?":>7}'
+  print(f'  {side:<8} {steps:5d} {eps:11.1f} {tsps} {frac} {r["seconds"]:8.1f}  '
+        f'{r.get("note", "")}')
+  return eps, (real / r['seconds'] if real else None)
+
+
+def compare(name, args):
+  """Magenta, then ours, on one config; prints their rows and the ratio."""
+  sys.path.insert(0, PROJECT_ROOT)
+  from music_rnn import configs  # pylint: disable=g-import-not-at-top
+  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
+  config = configs.get_config(name)
+  data = pipeline_configs.default_data(config.kind)
+  hparams = ({'rnn_layer_sizes': list(config.hparams.rnn_layer_sizes),
+              'batch_size': config.hparams.batch_size} if args.magenta_sizes else dict(SMALL))
+  batch = hparams['batch_size']
+  print(f'\n{name}: rnn_layer_sizes={hparams["rnn_layer_sizes"]} batch {batch}, '
+        f'{os.path.relpath(data, PROJECT_ROOT)}; load {os.getloadavg()[0]:.2f}')
+  print(f'  {"side":<8} {"steps":>5} {"examples/s":>11} {"time-steps/s":>12} '
+        f'{"padded":>7} {"seconds":>8}')
+  rates = {}
+  if 'magenta' in args.sides:
+    m = run_magenta({'config': name, 'data': data, 'warmup': args.warmup,
+                     'steps': args.steps, **hparams})
+    m['note'] = f'{m["sequences"]} seqs, loss {m["first_loss"]:.2f}->{m["last_loss"]:.2f}'
+    rates['magenta'] = _row('Magenta', args.steps, batch, m)
+  if 'ours' in args.sides:
+    with tempfile.TemporaryDirectory() as tmp:
+      o, batch_ours, steps = run_ours(config, data, hparams, args.warmup, args.steps, tmp)
+    o['note'] = f'{o["sequences"]} seqs {o["note"]}'.strip()
+    if o['padded_fraction_metrics'] is not None:
+      o['note'] += f'; metrics.json padded_fraction {o["padded_fraction_metrics"]:.3f}'
+    rates['ours'] = _row('ours', steps, batch_ours, o)
+  if len(rates) == 2:
+    target = TARGETS['magenta' if args.magenta_sizes else 'small']
+    ratio = rates['ours'][0] / rates['magenta'][0]
+    tsps = (f', time-steps/s {rates["ours"][1] / rates["magenta"][1]:.2f}'
+            if rates['ours'][1] and rates['magenta'][1] else '')
+    print(f'  ours/Magenta: examples/s {ratio:.2f}{tsps} (target >= {target}: '
+          f'{"met" if ratio >= target else "NOT met"})')
+  print(f'  load after: {os.getloadavg()[0]:.2f}')
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', default=','.join(CONFIGS))
+  parser.add_argument('--steps', type=int, default=20, help='timed steps per side')
+  parser.add_argument('--warmup', type=int, default=5, help='untimed steps first')
+  parser.add_argument('--magenta-sizes', action='store_true',
+                      help="Magenta's default layer sizes and batch 128")
+  parser.add_argument('--sides', default='magenta,ours')
+  parser.add_argument('--magenta-worker', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.magenta_worker:
+    return magenta_worker(json.loads(args.magenta_worker))
+  if args.steps < 1 or args.warmup < 0:
+    parser.error('--steps must be >= 1 and --warmup >= 0')
+  args.sides = args.sides.split(',')
+  print(f'Timed: {args.steps} training steps after {args.warmup} warm-up steps per side '
+        '(graph build, tracing and compilation excluded from both). Padded = padded '
+        'steps / real steps of the timed batches.')
+  for name in args.configs.split(','):
+    compare(name, args)
+  return 0
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  sys.exit(main())
