@@ -11,9 +11,14 @@ data`), with the same hparams, one after the other:
     tf.compat.v1 Session, reading the loss and the batch's lengths every step.
   - ours: Transform (real tft_beam, the project's preprocessing_fn) of the same pieces,
     then music_rnn.training.run_fn with a TFX FnArgs; rates from its metrics.json.
-Both time `--steps` training steps after `--warmup` untimed ones: graph build, tracing and
-XLA compilation are excluded from both (our Trainer's first evaluation interval holds the
-warm-up steps; its later intervals are timed, evaluation and checkpoints excluded).
+Both time `--steps` training steps after untimed warm-up steps: graph build, tracing and
+XLA compilation are excluded from both. Magenta warms up `--warmup` steps (its graph has
+no per-shape compilation). Our Trainer XLA-compiles once per batch shape (steps padded
+to a multiple of 8), so its warm-up is `--warmup` rounded up to a multiple of `--steps`,
+and longer (up to `--max-warmup`) until every shape of the timed batches has been seen:
+the batches are replayed beforehand with run_fn's seed. run_fn writes a history record
+every `--steps` steps; the last record's rate is the timed one (evaluation and
+checkpoints excluded). The row says how many shapes were still new, if any.
 Printed per side: examples/s, real time-steps/s (the steps of real events; padding
 excluded), padded fraction (padded steps / real steps of the timed batches; Magenta pads
 each batch to its longest sequence) and ours/Magenta. Targets: ours/Magenta >= 3.0 at
@@ -249,19 +254,17 @@ def _transform(config, raw, root):
   return out, os.path.join(root, 'train', '*.gz'), os.path.join(root, 'eval', '*.gz')
 
 
-def _timed_seconds(history, warmup):
-  """Seconds of the train intervals after step `warmup` (each history record's rate
-  covers the steps since the previous record), or None."""
-  seconds, previous, timed = 0.0, 0, 0
+def _interval_seconds(history):
+  """{record step: seconds of the train steps since the previous record} (each history
+  record's steps_per_sec covers those steps; evaluation and checkpoints excluded)."""
+  seconds, previous = {}, 0
   for record in history or []:
     step, rate = record.get('step'), record.get('steps_per_sec')
     if step is None or not rate:
-      return None
-    if previous >= warmup:
-      seconds += (step - previous) / rate
-      timed += step - previous
+      return {}
+    seconds[step] = (step - previous) / rate
     previous = step
-  return seconds if timed else None
+  return seconds
 
 
 def _find(metrics, key):
@@ -275,58 +278,88 @@ def _find(metrics, key):
   return None
 
 
-def _replay_padding(config, transform_output, train_files, batch, warmup, steps):
-  """(real, padded) steps of the timed batches: run_fn's training batches, replayed with
-  its seed (same order) by training.make_dataset; None if that is not possible."""
+def _replay(config, transform_output, train_files, batch, count, step_multiple):
+  """[(real steps, padded width, rows)] of run_fn's first `count` training batches:
+  training.make_dataset with run_fn's seed gives them in the same order. None if the
+  Trainer's API does not allow it (it is being rewritten)."""
   try:
+    import inspect  # pylint: disable=g-import-not-at-top
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
     from music_rnn import model as model_lib, training  # pylint: disable=g-import-not-at-top
+    kwargs = {'training': True, 'seed': SEED}
+    if 'step_multiple' in inspect.signature(training.make_dataset).parameters:
+      kwargs['step_multiple'] = step_multiple
     keras.utils.set_random_seed(SEED)
     ds = training.make_dataset([train_files], tft.TFTransformOutput(transform_output),
-                               config, batch, training=True, seed=SEED)
-    real = padded = 0
-    for x, labels in ds.skip(warmup).take(steps):
-      lengths = x[model_lib.LENGTHS].numpy()
-      real += int(lengths.sum())
-      padded += int(lengths.size * labels.shape[1] - lengths.sum())
-    return real, padded
-  except Exception as e:  # pylint: disable=broad-except  (the Trainer is being rewritten)
+                               config, batch, **kwargs)
+    return [(int(x[model_lib.LENGTHS].numpy().sum()), int(labels.shape[1]),
+             int(labels.shape[0])) for x, labels in ds.take(count)]
+  except Exception as e:  # pylint: disable=broad-except
     print(f'  (could not replay our batches: {type(e).__name__}: {e})')
     return None
 
 
-def run_ours(config, data_path, hparams, warmup, steps, work_dir):
-  """Transform + run_fn; returns the same fields as the Magenta side."""
+def _choose_warmup(batches, warmup, steps, max_warmup):
+  """The least multiple of `steps` >= `warmup` after which the next `steps` batches have
+  only padded lengths already seen (XLA compiles once per batch shape), up to
+  `max_warmup`; else the one with the fewest new lengths. Returns (warmup, new lengths)."""
+  if not warmup:
+    return 0, None
+  first = steps * math.ceil(warmup / steps)
+  best = None
+  for w in range(first, max(first, max_warmup) + 1, steps):
+    if batches is None or len(batches) < w + steps:
+      return (w, None) if best is None else best
+    seen = {(width, rows) for _, width, rows in batches[:w]}
+    new = len({(width, rows) for _, width, rows in batches[w:w + steps]} - seen)
+    if best is None or new < best[1]:
+      best = (w, new)
+    if not new:
+      break
+  return best
+
+
+def run_ours(config, data_path, hparams, args, work_dir):
+  """Transform + run_fn; returns (result dict like the Magenta side's, batch, warm-up)."""
   from tfx import v1 as tfx  # pylint: disable=g-import-not-at-top
   from music_rnn import training  # pylint: disable=g-import-not-at-top
   raw = _raw_examples(config, data_path)
   transform_output, train_files, eval_files = _transform(config, raw, work_dir)
-  total = steps + warmup
-  interval = math.gcd(warmup, steps) if warmup else steps  # a record at step `warmup`
+  batch, steps = hparams['batch_size'], args.steps
+  multiple = getattr(training, 'XLA_STEP_MULTIPLE', 1)
+  batches = _replay(config, transform_output, train_files, batch,
+                    max(args.warmup, args.max_warmup) + steps, multiple)
+  warmup, new_shapes = _choose_warmup(batches, args.warmup, steps, args.max_warmup)
+  total = warmup + steps
   fn_args = tfx.components.FnArgs(
       working_dir=os.path.join(work_dir, 'working'), train_files=[train_files],
       eval_files=[eval_files], train_steps=total, eval_steps=1,
       transform_output=transform_output, transform_graph_path=transform_output,
       serving_model_dir=os.path.join(work_dir, 'serving'),
       model_run_dir=os.path.join(work_dir, 'run'),
+      # One history record every `steps` steps: the last one is the timed interval.
       custom_config={'config_name': config.name, 'hparams': hparams, 'seed': SEED,
-                     'num_evals': total // interval, 'checkpoint_every': interval})
+                     'num_evals': total // steps, 'checkpoint_every': steps})
   training.run_fn(fn_args)
   with open(os.path.join(work_dir, 'run', training.METRICS_FILE)) as f:
     metrics = json.load(f)
-  batch = metrics.get('global_batch_size') or hparams['batch_size']
-  seconds = _timed_seconds(metrics.get('history'), warmup) if warmup else None
-  note = ''
-  if seconds is None:  # fall back on the whole run's rate (includes compilation)
+  batch = metrics.get('global_batch_size') or batch
+  seconds = _interval_seconds(metrics.get('history')).get(total)
+  note = f'warm-up {warmup}'
+  if new_shapes:
+    note += f', {new_shapes} new batch shapes compiled while timed'
+  if seconds is None or not warmup:  # the whole run's rate: includes compilation
     seconds = total * batch / metrics['train_examples_per_sec']
-    steps, note = total, 'incl. compile'
+    steps, note = total, 'all steps, incl. compilation'
   result = {'seconds': seconds, 'sequences': len(raw), 'note': note,
             'padded_fraction_metrics': _find(metrics, 'padded_fraction')}
-  replay = _replay_padding(config, transform_output, train_files, batch,
-                           total - steps, steps)
-  if replay:
-    result['real_steps'], result['padded_steps'] = replay
+  if batches and metrics.get('jit_compile') is False and multiple > 1:
+    batches = _replay(config, transform_output, train_files, batch, total, 1)
+  if batches:
+    timed = batches[total - steps:total]
+    result['real_steps'] = sum(real for real, _, _ in timed)
+    result['padded_steps'] = sum(w * rows - real for real, w, rows in timed)
   return result, batch, steps
 
 
@@ -367,8 +400,8 @@ def compare(name, args):
     rates['magenta'] = _row('Magenta', args.steps, batch, m)
   if 'ours' in args.sides:
     with tempfile.TemporaryDirectory() as tmp:
-      o, batch_ours, steps = run_ours(config, data, hparams, args.warmup, args.steps, tmp)
-    o['note'] = f'{o["sequences"]} seqs {o["note"]}'.strip()
+      o, batch_ours, steps = run_ours(config, data, hparams, args, tmp)
+    o['note'] = f'{o["sequences"]} seqs, {o["note"]}'
     if o['padded_fraction_metrics'] is not None:
       o['note'] += f'; metrics.json padded_fraction {o["padded_fraction_metrics"]:.3f}'
     rates['ours'] = _row('ours', steps, batch_ours, o)
@@ -386,7 +419,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default=','.join(CONFIGS))
   parser.add_argument('--steps', type=int, default=20, help='timed steps per side')
-  parser.add_argument('--warmup', type=int, default=5, help='untimed steps first')
+  parser.add_argument('--warmup', type=int, default=5, help='untimed steps first (ours: '
+                      'rounded up to a multiple of --steps, and more until the timed '
+                      'batch shapes are compiled, up to --max-warmup)')
+  parser.add_argument('--max-warmup', type=int, default=200)
   parser.add_argument('--magenta-sizes', action='store_true',
                       help="Magenta's default layer sizes and batch 128")
   parser.add_argument('--sides', default='magenta,ours')
@@ -397,9 +433,10 @@ def main():
   if args.steps < 1 or args.warmup < 0:
     parser.error('--steps must be >= 1 and --warmup >= 0')
   args.sides = args.sides.split(',')
-  print(f'Timed: {args.steps} training steps after {args.warmup} warm-up steps per side '
-        '(graph build, tracing and compilation excluded from both). Padded = padded '
-        'steps / real steps of the timed batches.')
+  print(f'Timed: {args.steps} training steps per side after >= {args.warmup} warm-up steps '
+        '(graph build, tracing and XLA compilation excluded from both; our warm-up '
+        'covers the timed batch shapes). Padded = padded steps / real steps of the timed '
+        'batches.')
   for name in args.configs.split(','):
     compare(name, args)
   return 0

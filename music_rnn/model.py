@@ -232,12 +232,8 @@ def zero_layer_state(weights, batch, dtype):
   return tuple(state)
 
 
-def run_layer(weights, zx, state):
-  """Runs a layer over zx [B, T, 4U] from `state`: (outputs [B, T, U], final state).
-
-  A tf.while_loop over a TensorArray of the time-major pre-activations; each iteration
-  is `layer_step` (the recurrent matmul(s) and gates only).
-  """
+def _layer_loop(weights, zx, state):
+  """run_layer's tf.while_loop (see there)."""
   step = layer_step(weights)
   zx = tf.transpose(zx, [1, 0, 2])
   num_steps = tf.shape(zx)[0]
@@ -250,10 +246,60 @@ def run_layer(weights, zx, state):
     out, state = step(inputs.read(t), state, weights)
     return t + 1, state, outputs.write(t, out)
 
+  # parallel_iterations: lets TF overlap independent work of nearby iterations (the
+  # backward loop's weight-gradient accumulation); measured ~2x faster than the default.
   _, state, outputs = tf.while_loop(lambda t, *_: t < num_steps, body,
                                     (tf.constant(0), tuple(state), outputs),
-                                    maximum_iterations=num_steps)
+                                    maximum_iterations=num_steps, parallel_iterations=32)
   return tf.transpose(outputs.stack(), [1, 0, 2]), state
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _xla_layer_outputs(weights, zx, state):
+  return _layer_loop(weights, zx, state)[0]
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _xla_layer_gradients(weights, zx, state, d_outputs):
+  """Gradients of run_layer's outputs w.r.t. (zx, weights): the forward loop recomputed
+  and differentiated inside one XLA cluster (TF cannot pass the loop's TensorList
+  accumulators from an XLA forward to a separate backward)."""
+  tensors = {k: v for k, v in weights.items() if isinstance(v, tf.Tensor)}
+  with tf.GradientTape() as tape:
+    tape.watch([zx, tensors])
+    outputs, _ = _layer_loop({**weights, **tensors}, zx, state)
+  return tape.gradient(outputs, [zx, tensors], output_gradients=d_outputs)
+
+
+def _xla_layer(weights, zx, state):
+  """run_layer's outputs with the loop and its gradient XLA-compiled (recomputing the
+  forward loop in the backward pass)."""
+  names = sorted(k for k, v in weights.items() if isinstance(v, tf.Tensor))
+  others = {k: v for k, v in weights.items() if k not in names}
+
+  @tf.custom_gradient
+  def layer(zx, *tensors):
+    w = {**others, **dict(zip(names, tensors))}
+
+    def grad(d_outputs):
+      d_zx, d_w = _xla_layer_gradients(w, zx, state, d_outputs)
+      return [d_zx] + [d_w[k] for k in names]
+
+    return _xla_layer_outputs(w, zx, state), grad
+
+  return layer(zx, *[weights[k] for k in names])
+
+
+def run_layer(weights, zx, state, jit_compile: bool = False):
+  """Runs a layer over zx [B, T, 4U] from `state`: outputs [B, T, U].
+
+  A tf.while_loop over a TensorArray of the time-major pre-activations; each iteration
+  is `layer_step` (the recurrent matmul(s) and gates only). `jit_compile`: the loop and
+  its gradient as XLA clusters inside a train step that is not XLA-compiled itself.
+  """
+  if jit_compile:
+    return _xla_layer(weights, zx, tuple(state))
+  return _layer_loop(weights, zx, tuple(state))[0]
 
 
 def rnn_step(weights, hot, dense, state):
@@ -537,8 +583,9 @@ class EventSequenceRnn(keras.Model):
 
   def __init__(self, layout: compact.InputLayout, num_classes: int,
                rnn_layer_sizes: Sequence[int], dropout_keep_prob: float, attn_length: int,
-               clip_norm: float, no_event_label: int = 0, **kwargs):
+               clip_norm: float, no_event_label: int = 0, loop_jit='auto', **kwargs):
     super().__init__(**kwargs)
+    self.loop_jit = loop_jit
     if isinstance(layout, dict):  # from get_config
       layout = compact.InputLayout(
           num_hot=layout['num_hot'], block_sizes=tuple(layout['block_sizes']),
@@ -614,9 +661,18 @@ class EventSequenceRnn(keras.Model):
         x = layer(x, mask=mask, training=training)
       else:
         zx = input_preactivations(w, hot, dense) if i == 0 else layer_preactivations(w, x)
-        x, _ = run_layer(w, zx, zero_layer_state(w, batch, self.compute_dtype))
+        x = run_layer(w, zx, zero_layer_state(w, batch, self.compute_dtype),
+                      self._loop_jit(w))
       x = dropout(x, training=training)
     return self.logits_layer(x)
+
+  def _loop_jit(self, weights) -> bool:
+    """Whether a layer's loop runs as its own XLA cluster (see `loop_jit`)."""
+    if self.jit_compile:  # already in one (and nesting them crashes TF 2.16)
+      return False
+    if self.loop_jit == 'auto':
+      return is_attention(weights)
+    return bool(self.loop_jit)
 
   def _rows(self, hot, dense):
     """The full note-seq input rows [B, T, input_size] (compact.expand_inputs)."""

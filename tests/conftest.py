@@ -1,9 +1,11 @@
 """Shared test fixtures: small real slices of the bundled data."""
 
+import functools
 import glob
 import os
 import subprocess
 import sys
+from typing import Optional
 
 import pytest
 
@@ -100,3 +102,94 @@ def run_fresh_python(code: str, timeout: int = 300) -> subprocess.CompletedProce
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
   return subprocess.run([sys.executable, '-P', '-c', code], cwd='/', env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+# --- Transform, as TFX runs it, outside a pipeline (tests, benchmarks). ---------------
+
+
+def raw_feature_spec(kind: str):
+  """The raw schema ExampleGen's tf.Examples get from SchemaGen (fixed-size metadata)."""
+  import tensorflow as tf
+  from music_rnn import features
+  spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in (
+      features.TRACK_INDEX, features.START_STEP, features.NUM_STEPS,
+      features.STEPS_PER_BAR, features.STEPS_PER_QUARTER)}
+  spec[features.SOURCE_ID] = tf.io.FixedLenFeature([], tf.string)
+  spec[features.QPM] = tf.io.FixedLenFeature([], tf.float32)
+  for name in features.raw_event_features(kind):
+    spec[name] = tf.io.VarLenFeature(tf.int64)
+  return spec
+
+
+def run_transform(root, config_name: str, raw, analyze: str = 'train'):
+  """Runs tft_beam as TFX's Transform does (TFXIO in, tf.Examples out) on `raw`
+  ({split: serialized raw tf.Examples}), analyzing `analyze`. Writes root/raw/<split>/,
+  root/transform_output/ and root/<split>/*.gz."""
+  import apache_beam as beam
+  import tensorflow_transform.beam as tft_beam
+  from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+  from tfx_bsl.public import tfxio
+  import tensorflow as tf
+  from music_rnn import configs, preprocessing
+
+  for split, records in raw.items():
+    os.makedirs(root / 'raw' / split)
+    with tf.io.TFRecordWriter(str(root / 'raw' / split / 'data.gz'), 'GZIP') as w:
+      for r in records:
+        w.write(r)
+  schema = schema_utils.schema_from_feature_spec(
+      raw_feature_spec(configs.get_config(config_name).kind))
+
+  def read(split):
+    return tfxio.TFExampleRecord(str(root / 'raw' / split / '*.gz'), schema=schema)
+
+  fn = functools.partial(preprocessing.preprocessing_fn,
+                         custom_config={'config_name': config_name})
+  with beam.Pipeline() as p, tft_beam.Context(temp_dir=str(root / 'tmp')):
+    source = read(analyze)
+    (analyzed, out_metadata), transform_fn = (
+        (p | 'ReadAnalyzed' >> source.BeamSource(), source.TensorAdapterConfig())
+        | tft_beam.AnalyzeAndTransformDataset(fn, output_record_batches=True))
+    _ = transform_fn | tft_beam.WriteTransformFn(str(root / 'transform_output'))
+    # TFX's Transform also records the raw schema there (raw_feature_spec() reads it).
+    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
+                               str(root / 'transform_output' / 'metadata'))
+    outputs = {analyze: analyzed}
+    for split in raw:
+      if split == analyze:
+        continue
+      source = read(split)
+      outputs[split], _ = (
+          ((p | f'Read{split}' >> source.BeamSource(), source.TensorAdapterConfig()),
+           transform_fn)
+          | f'Transform{split}' >> tft_beam.TransformDataset(output_record_batches=True))
+    for split, data in outputs.items():
+      _ = (data
+           | f'Encode{split}' >> beam.FlatMapTuple(
+               lambda batch, _, schema=out_metadata.schema:
+               tfxio.RecordBatchToExamplesEncoder(schema).encode(batch))
+           | f'Write{split}' >> beam.io.WriteToTFRecord(
+               str(root / split / 'data'), file_name_suffix='.gz',
+               compression_type=beam.io.filesystem.CompressionTypes.GZIP))
+
+
+def bundled_raw_splits(config_name: str, max_pieces: Optional[int] = None):
+  """{'train', 'eval': serialized raw tf.Examples} of the bundled data for a config: the
+  first `max_pieces` pieces (all: None), extracted and split by piece as the ExampleGen
+  does (the config's eval_ratio)."""
+  import collections
+  from components.note_sequence_example_gen import splitting
+  from music_rnn import configs, extraction
+  config = configs.get_config(config_name)
+  stats = collections.Counter()
+  seqs = []
+  for i, ns in enumerate(extraction.read_note_sequences(bundled(config.kind), stats)):
+    if i == max_pieces:
+      break
+    seqs += extraction.extract_sequences(ns, config, stats)
+  held_out = splitting.eval_pieces([s.source_id for s in seqs], config.extractor.eval_ratio)
+  raw = {'train': [], 'eval': []}
+  for s in seqs:
+    raw['eval' if s.source_id in held_out else 'train'].append(
+        extraction.to_tf_example(s, config).SerializeToString())
+  return raw

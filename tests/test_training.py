@@ -1,11 +1,12 @@
-"""Tests for music_rnn.training and music_rnn.export on a tiny real Transform output.
+"""Tests for music_rnn.training and music_rnn.export on real Transform output.
 
-The fixture runs tensorflow_transform's Beam implementation on a handful of raw drum
-tf.Examples (the ExampleGen's format) with the project's preprocessing_fn, then the
-tests call run_fn with a real TFX FnArgs and load the SavedModel in a fresh Python.
+The fixtures run tensorflow_transform's Beam implementation (conftest.run_transform) on a
+handful of raw drum tf.Examples (the ExampleGen's format), or on a slice of the bundled
+Essen melodies, with the project's preprocessing_fn; the tests call run_fn with a real
+TFX FnArgs and load the SavedModel in a fresh Python. The input pipeline's bucketing is
+checked on the bundled datasets' real sequence lengths.
 """
 
-import functools
 import json
 import os
 import random
@@ -18,8 +19,8 @@ import tensorflow as tf
 
 from music_rnn import configs
 from music_rnn import extraction
-from music_rnn import features
 from music_rnn import training
+from tests.conftest import bundled_raw_splits, run_transform
 
 CONFIG = 'drum_kit'
 HPARAMS = {'batch_size': 4, 'rnn_layer_sizes': [16, 16], 'attn_length': 4}
@@ -32,69 +33,6 @@ def _sequence(source_id: str, num_steps: int, rng: random.Random):
   return extraction.ExtractedSequence(
       source_id=source_id, track_index=0, start_step=0, steps_per_bar=16,
       steps_per_quarter=4, qpm=120.0, events=events)
-
-
-def raw_feature_spec(kind: str = configs.DRUMS):
-  """The raw schema ExampleGen's tf.Examples get from SchemaGen (fixed-size metadata)."""
-  spec = {name: tf.io.FixedLenFeature([], tf.int64) for name in (
-      features.TRACK_INDEX, features.START_STEP, features.NUM_STEPS,
-      features.STEPS_PER_BAR, features.STEPS_PER_QUARTER)}
-  spec[features.SOURCE_ID] = tf.io.FixedLenFeature([], tf.string)
-  spec[features.QPM] = tf.io.FixedLenFeature([], tf.float32)
-  for name in features.raw_event_features(kind):
-    spec[name] = tf.io.VarLenFeature(tf.int64)
-  return spec
-
-
-def run_transform(root, config_name: str, raw, analyze: str = 'train'):
-  """Runs tft_beam as TFX's Transform does (TFXIO in, tf.Examples out) on `raw`
-  ({split: serialized raw tf.Examples}), analyzing `analyze`. Writes root/raw/<split>/,
-  root/transform_output/ and root/<split>/*.gz."""
-  import apache_beam as beam
-  import tensorflow_transform.beam as tft_beam
-  from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-  from tfx_bsl.public import tfxio
-  from music_rnn import preprocessing
-
-  for split, records in raw.items():
-    os.makedirs(root / 'raw' / split)
-    with tf.io.TFRecordWriter(str(root / 'raw' / split / 'data.gz'), 'GZIP') as w:
-      for r in records:
-        w.write(r)
-  schema = schema_utils.schema_from_feature_spec(
-      raw_feature_spec(configs.get_config(config_name).kind))
-
-  def read(split):
-    return tfxio.TFExampleRecord(str(root / 'raw' / split / '*.gz'), schema=schema)
-
-  fn = functools.partial(preprocessing.preprocessing_fn,
-                         custom_config={'config_name': config_name})
-  with beam.Pipeline() as p, tft_beam.Context(temp_dir=str(root / 'tmp')):
-    source = read(analyze)
-    (analyzed, out_metadata), transform_fn = (
-        (p | 'ReadAnalyzed' >> source.BeamSource(), source.TensorAdapterConfig())
-        | tft_beam.AnalyzeAndTransformDataset(fn, output_record_batches=True))
-    _ = transform_fn | tft_beam.WriteTransformFn(str(root / 'transform_output'))
-    # TFX's Transform also records the raw schema there (raw_feature_spec() reads it).
-    metadata_io.write_metadata(dataset_metadata.DatasetMetadata(schema),
-                               str(root / 'transform_output' / 'metadata'))
-    outputs = {analyze: analyzed}
-    for split in raw:
-      if split == analyze:
-        continue
-      source = read(split)
-      outputs[split], _ = (
-          ((p | f'Read{split}' >> source.BeamSource(), source.TensorAdapterConfig()),
-           transform_fn)
-          | f'Transform{split}' >> tft_beam.TransformDataset(output_record_batches=True))
-    for split, data in outputs.items():
-      _ = (data
-           | f'Encode{split}' >> beam.FlatMapTuple(
-               lambda batch, _, schema=out_metadata.schema:
-               tfxio.RecordBatchToExamplesEncoder(schema).encode(batch))
-           | f'Write{split}' >> beam.io.WriteToTFRecord(
-               str(root / split / 'data'), file_name_suffix='.gz',
-               compression_type=beam.io.filesystem.CompressionTypes.GZIP))
 
 
 # Split -> sequence lengths (distinct, so a length names its training sequence). 'eval'
@@ -253,16 +191,10 @@ def test_training_batches_see_every_sequence_once_per_pass(transformed):
 def _bundled_train_lengths(kind: str):
   """Label steps of every training sequence of a bundled dataset (the pipeline's split
   by piece, the config's extractor)."""
-  import collections
-  from components.note_sequence_example_gen import splitting
-  from tests.conftest import bundled
   config = configs.get_config('drum_kit' if kind == 'drums' else 'attention_rnn')
-  stats = collections.Counter()
-  seqs = [(s.source_id, len(s.events))
-          for ns in extraction.read_note_sequences(bundled(kind), stats)
-          for s in extraction.extract_sequences(ns, config, stats)]
-  held_out = splitting.eval_pieces([s for s, _ in seqs], config.extractor.eval_ratio)
-  return config, [n - 1 for s, n in seqs if s not in held_out and n >= 2]
+  lengths = [len(extraction.from_tf_example(r, config).events)
+             for r in bundled_raw_splits(config.name)['train']]
+  return config, [n - 1 for n in lengths if n >= 2]
 
 
 @pytest.mark.parametrize('kind', ['drums', 'melody'])
@@ -456,22 +388,8 @@ LEARN_STEPS = 120  # ~13 passes; ~1 min here, XLA compiles included
 def melodies(tmp_path_factory):
   """The first LEARN_PIECES bundled Essen tunes through the real Transform, split by
   piece as the ExampleGen does."""
-  import collections
-  from components.note_sequence_example_gen import splitting
-  from tests.conftest import bundled
   root = tmp_path_factory.mktemp('melodies')
-  config = configs.get_config(LEARN_CONFIG)
-  stats = collections.Counter()
-  seqs = []
-  for i, ns in enumerate(extraction.read_note_sequences(bundled('melody'), stats)):
-    if i == LEARN_PIECES:
-      break
-    seqs += extraction.extract_sequences(ns, config, stats)
-  held_out = splitting.eval_pieces([s.source_id for s in seqs], config.extractor.eval_ratio)
-  raw = {'train': [], 'eval': []}
-  for s in seqs:
-    raw['eval' if s.source_id in held_out else 'train'].append(
-        extraction.to_tf_example(s, config).SerializeToString())
+  raw = bundled_raw_splits(LEARN_CONFIG, LEARN_PIECES)
   run_transform(root, LEARN_CONFIG, raw)
   return root
 
