@@ -5,13 +5,17 @@ was timed at on this machine: drum_kit 9.7-10.5, attention_rnn 19.4-20.5 example
 and at Magenta's default sizes, prints examples/s of:
   - baseline: the old formulation (keras.layers.LSTM + the AttentionLSTMCell port via
     `EventSequenceRnn.reference_call`) on full float input rows, XLA off (as before);
-  - fast: the model's own call (gathered first layer, matmuls outside the loop, folded
-    attention projection, carried keys) on compact inputs, XLA off and on.
+  - the model's own call (gathered first layer, matmuls outside the loop, folded
+    attention projection, carried keys) on compact inputs, compiled two ways:
+    xla: the whole train step XLA-compiled (build_model(jit_compile=True));
+    hybrid: jit_compile=False: the attention layer's loop (and its recomputing
+    gradient) as an XLA cluster, plain LSTM loops as TF while loops.
+    build_model's default ('auto') is xla for layers of <= 64 units, hybrid above.
 Batches are uniform length (length bucketing removes most padding): drums 400 steps,
 melodies 190. Several repeats; the machine's load is printed with the numbers.
 
 Usage: python benchmarks/core_speed.py [--configs drum_kit,attention_rnn]
-       [--sizes small,default] [--steps 4] [--repeats 3] [--variants baseline,fast,fast_xla]
+       [--sizes small,default] [--steps 4] [--repeats 3] [--variants baseline,xla,hybrid]
 """
 
 import argparse
@@ -68,7 +72,7 @@ def _model(variant, config, hparams):
                      no_event_label=config.no_event_label)
     model.compile(optimizer=keras.optimizers.Adam(hparams.learning_rate), jit_compile=False)
     return model
-  return model_lib.build_model(config, hparams, jit_compile=variant.endswith('_xla'))
+  return model_lib.build_model(config, hparams, jit_compile=variant == 'xla')
 
 
 def examples_per_sec(variant, config, hparams, num_steps, steps, repeats):
@@ -92,7 +96,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--configs', default='drum_kit,attention_rnn')
   parser.add_argument('--sizes', default='small,default')
-  parser.add_argument('--variants', default='baseline,fast,fast_xla')
+  parser.add_argument('--variants', default='baseline,xla,hybrid')
   parser.add_argument('--steps', type=int, default=4)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args(argv)

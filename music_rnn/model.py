@@ -246,8 +246,9 @@ def _layer_loop(weights, zx, state):
     out, state = step(inputs.read(t), state, weights)
     return t + 1, state, outputs.write(t, out)
 
-  # parallel_iterations: lets TF overlap independent work of nearby iterations (the
-  # backward loop's weight-gradient accumulation); measured ~2x faster than the default.
+  # parallel_iterations (as Keras's RNN loop): TF overlaps independent work of nearby
+  # iterations (the backward loop's weight-gradient accumulation); measured faster than
+  # the default 10 on 2 cores. XLA ignores it.
   _, state, outputs = tf.while_loop(lambda t, *_: t < num_steps, body,
                                     (tf.constant(0), tuple(state), outputs),
                                     maximum_iterations=num_steps, parallel_iterations=32)
@@ -285,7 +286,10 @@ def _xla_layer(weights, zx, state):
       d_zx, d_w = _xla_layer_gradients(w, zx, state, d_outputs)
       return [d_zx] + [d_w[k] for k in names]
 
-    return _xla_layer_outputs(w, zx, state), grad
+    # stop_gradient: a tape recording the call would ask the XLA function for its
+    # TensorList intermediates; `grad` above is the gradient.
+    frozen = {k: tf.stop_gradient(v) if k in names else v for k, v in w.items()}
+    return _xla_layer_outputs(frozen, tf.stop_gradient(zx), state), grad
 
   return layer(zx, *[weights[k] for k in names])
 
@@ -574,6 +578,8 @@ class EventSequenceRnn(keras.Model):
   and carries its keys. The variables are the Keras layers' (`rnn_layers`), so
   `reference_call` (the layers' own Keras call, the straightforward formulation)
   checks the fast one on the same weights.
+  `loop_jit`: 'auto' (attention layers), True or False: run a layer's loop as its own
+  XLA cluster when the train step itself is not XLA-compiled (build_model).
   Padding: the loop does not freeze the state on padded steps; padding only ever
   follows a sequence's real steps, so this changes nothing but the (ignored) padded
   outputs, and padded `hot` entries are redirected to the zero row.
@@ -782,12 +788,14 @@ class EventSequenceRnn(keras.Model):
         'rnn_layer_sizes': list(self.rnn_layer_sizes),
         'dropout_keep_prob': self.dropout_keep_prob, 'attn_length': self.attn_length,
         'clip_norm': self.clip_norm, 'no_event_label': self.no_event_label,
+        'loop_jit': self.loop_jit,
     }
 
 
 # Measured on a 2-core CPU (benchmarks/core_speed.py): see build_model.
 DEFAULT_JIT_COMPILE = 'auto'
 DEFAULT_STEPS_PER_EXECUTION = 1
+XLA_TRAIN_STEP_MAX_UNITS = 64  # 'auto': whole-step XLA only for layers this small
 
 
 def build_model(config: configs.ModelConfig, hparams: configs.HParams,
@@ -800,9 +808,15 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   train_step (see the module docstring), so the optimizer is a plain Adam
   (wrapped in a LossScaleOptimizer by compile() under 'mixed_float16').
   `dtype_policy`: None (float32), 'mixed_float16' or 'mixed_bfloat16'.
-  `jit_compile`: XLA for the train/test steps; 'auto' = on with one replica and no GPU
-  (measured faster on CPU), off otherwise (cuDNN kernels and merge_call all-reduces are
-  not XLA ops). `steps_per_execution`: train steps per tf.function call.
+  `jit_compile`: XLA for the whole train/test step. Off, the attention layer's loop
+  still runs as an XLA cluster (`loop_jit`) and plain LSTM loops run as TF while loops.
+  'auto' (measured on 2 CPU cores, benchmarks/core_speed.py): whole-step XLA when every
+  layer has <= 64 units (its fused small ops win), off for larger layers (XLA's CPU
+  matmuls inside the loop run on one thread: drum_kit at Magenta's default sizes
+  trained ~2.5x slower with it), with several replicas (XLA cannot compile merge_call
+  all-reduces) and on GPUs (cuDNN kernels are not XLA ops; untested here, no GPU).
+  `steps_per_execution`: train steps per tf.function call; 1 measured as fast as more
+  (a train step takes >= 0.2 s here, Keras's per-call overhead is ~ms).
   """
   hparams.validate()
   model = EventSequenceRnn(
@@ -819,7 +833,8 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   model({HOT: tf.fill([1, 1, layout.num_blocks], layout.num_hot),
          FLAGS: tf.zeros([1, 1], tf.int64), LENGTHS: tf.ones([1], tf.int32)})
   if jit_compile == 'auto':
-    jit_compile = (tf.distribute.get_strategy().num_replicas_in_sync == 1 and
+    jit_compile = (max(hparams.rnn_layer_sizes) <= XLA_TRAIN_STEP_MAX_UNITS and
+                   tf.distribute.get_strategy().num_replicas_in_sync == 1 and
                    not _gpu_available())
   model.compile(optimizer=keras.optimizers.Adam(learning_rate=hparams.learning_rate),
                 jit_compile=bool(jit_compile), steps_per_execution=steps_per_execution)

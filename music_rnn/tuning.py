@@ -17,6 +17,7 @@ The trial length is the Tuner's train_args.num_steps, its eval batches eval_args
 """
 
 import csv
+import functools
 import json
 import math
 import os
@@ -357,10 +358,12 @@ def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
   if not has_eval:
     raise ValueError('The Tuner ranks trials by eval loss, but the eval split has no '
                      f'sequence with >= 2 steps ({fn_args.eval_files})')
-  train_ds = training.make_dataset(fn_args.train_files, tf_transform_output, config,
-                                   global_batch, training=True, seed=seed, replicas=replicas)
-  eval_ds = training.make_dataset(fn_args.eval_files, tf_transform_output, config,
-                                  global_batch, training=False, replicas=replicas)
+  # Batches exactly as the Trainer's.
+  batches = functools.partial(training.make_dataset, tf_transform_output=tf_transform_output,
+                              config=config, global_batch_size=global_batch, replicas=replicas,
+                              step_multiple=training.XLA_STEP_MULTIPLE)
+  train_ds = batches(fn_args.train_files, training=True, seed=seed)
+  eval_ds = batches(fn_args.eval_files, training=False)
   if eval_steps:
     eval_ds = eval_ds.take(eval_steps)
 

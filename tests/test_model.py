@@ -134,13 +134,16 @@ def _loss(model, fn, inputs, labels, mask):
   return loss, tape.gradient(loss, model.trainable_variables)
 
 
+@pytest.mark.parametrize('loop_jit', [False, True], ids=['tf_loop', 'xla_loop'])
 @pytest.mark.parametrize('name', ['drum_kit', 'basic_rnn', 'lookback_rnn', 'attention_rnn'])
-def test_fast_core_equals_keras_layers_formulation(name):
+def test_fast_core_equals_keras_layers_formulation(name, loop_jit):
   """`call` (gathered rows, folded attention projection, carried keys, matmuls outside
   the loop) == keras.layers.LSTM and the attention cell on the full input rows, with
-  the same variables: logits on real steps, loss and every gradient."""
+  the same variables: logits on real steps, loss and every gradient. Both loop kinds:
+  TF while loops, and XLA clusters with their recomputing custom gradient."""
   config, hparams = _small(name, dropout_keep_prob=1.0)
-  model = model_lib.build_model(config, hparams)
+  model = model_lib.build_model(config, hparams, jit_compile=False)
+  model.loop_jit = loop_jit
   _randomize(model)
   inputs, labels, mask = _batch(config, [9, 6, 1], seed=7)
   rows = {model_lib.INPUTS: compact.expand_inputs(config, inputs[model_lib.HOT],
@@ -369,10 +372,13 @@ def test_mixed_bfloat16_runs_the_rnn_low_and_the_softmax_float32():
   np.testing.assert_allclose(step_logits.numpy(), full[:, 0], atol=0.05)
   logs = model.train_step((inputs, labels))
   assert np.isfinite(float(logs['loss']))
-  # The compiled (XLA) train step too.
-  history = model.fit(tf.data.Dataset.from_tensors((inputs, labels)).repeat(),
-                      steps_per_epoch=2, epochs=1, verbose=0).history
-  assert np.isfinite(history['loss'][-1])
+  # Compiled: the whole step in XLA, and the attention loop alone as an XLA cluster.
+  for jit_compile in (True, False):
+    model.compile(optimizer=keras.optimizers.Adam(), jit_compile=jit_compile)
+    history = model.fit(tf.data.Dataset.from_tensors((inputs, labels)).repeat(),
+                        steps_per_epoch=2, epochs=1, verbose=0).history
+    assert np.isfinite(history['loss'][-1])
+  assert model.first_nonfinite_step.numpy() == -1
 
 
 def test_mixed_float16_clips_the_unscaled_gradient():
@@ -417,9 +423,14 @@ def test_nan_guard_skips_the_update_and_records_the_first_bad_step(jit_compile):
   assert int(model.first_nonfinite_step.numpy()) == 2
 
 
-def test_build_model_defaults_compile_the_train_step_with_xla():
+def test_build_model_xla_defaults():
+  """Measured (benchmarks/core_speed.py): whole-step XLA for small layers only."""
   config, hparams = _small('drum_kit')
   model = model_lib.build_model(config, hparams)
-  assert model.jit_compile is True  # one CPU: measured fastest (benchmarks/core_speed.py)
+  assert model.jit_compile is True
   assert model.steps_per_execution == model_lib.DEFAULT_STEPS_PER_EXECUTION
   assert 'padded_fraction' in [m.name for m in model.metrics]
+  big = model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(128, 8)))
+  assert big.jit_compile is False
+  assert big._loop_jit(big.step_weights()['layers'][0])  # pylint: disable=protected-access
+  assert not big._loop_jit(big.step_weights()['layers'][1])  # pylint: disable=protected-access

@@ -199,8 +199,8 @@ def _bundled_train_lengths(kind: str):
 
 @pytest.mark.parametrize('kind', ['drums', 'melody'])
 def test_bucketing_pads_little_on_the_bundled_data(kind):
-  """make run's batch (32): padded steps <= 15% of real steps (unsorted: 55-65%), every
-  sequence once per pass."""
+  """make run's batch (32): padded steps <= 15% of real steps (unsorted: 17% on drums,
+  166% on melodies), every sequence once per pass."""
   from music_rnn import compact
   config, lengths = _bundled_train_lengths(kind)
   blocks = compact.input_layout(config).num_blocks
