@@ -10,7 +10,8 @@ and at Magenta's default sizes, prints examples/s of:
     xla: the whole train step XLA-compiled (build_model(jit_compile=True));
     hybrid: jit_compile=False: the attention layer's loop (and its recomputing
     gradient) as an XLA cluster, plain LSTM loops as TF while loops.
-    build_model's default ('auto') is xla for layers of <= 64 units, hybrid above.
+    build_model's default ('auto') is xla for layers of <= 64 units (<= 128 with
+    attention), hybrid above.
 Batches are uniform length (length bucketing removes most padding): drums 400 steps,
 melodies 190. Several repeats; the machine's load is printed with the numbers.
 

@@ -11,14 +11,16 @@ data`), with the same hparams, one after the other:
     tf.compat.v1 Session, reading the loss and the batch's lengths every step.
   - ours: Transform (real tft_beam, the project's preprocessing_fn) of the same pieces,
     then music_rnn.training.run_fn with a TFX FnArgs; rates from its metrics.json.
-Both time `--steps` training steps after untimed warm-up steps: graph build, tracing and
-XLA compilation are excluded from both. Magenta warms up `--warmup` steps (its graph has
-no per-shape compilation). Our Trainer XLA-compiles once per batch shape (steps padded
-to a multiple of 8), so its warm-up is `--warmup` rounded up to a multiple of `--steps`,
-and longer (up to `--max-warmup`) until every shape of the timed batches has been seen:
-the batches are replayed beforehand with run_fn's seed. run_fn writes a history record
-every `--steps` steps; the last record's rate is the timed one (evaluation and
-checkpoints excluded). The row says how many shapes were still new, if any.
+Both time the same number of training steps after untimed warm-up steps: graph build,
+tracing and XLA compilation are excluded from both. Our Trainer's batches come in passes
+(each sequence once per pass, length-bucketed), so the timed steps are `--steps` rounded
+up to whole passes, for both sides, and our warm-up is whole passes too: then the timed
+batches hold known sequences and padding whatever their order in a pass. Magenta warms
+up `--warmup` steps (its graph has no per-shape compilation); ours at least that, and
+longer (up to `--max-warmup`) until every batch shape (steps x rows) of the timed passes
+has been seen, as XLA compiles once per shape: the batches are replayed beforehand with
+run_fn's seed. run_fn's history records give the timed rate (evaluation and checkpoints
+excluded); the row says how many shapes were still new, if any.
 Printed per side: examples/s, real time-steps/s (the steps of real events; padding
 excluded), padded fraction (padded steps / real steps of the timed batches; Magenta pads
 each batch to its longest sequence) and ours/Magenta. Targets, on time-steps/s (examples/s
@@ -257,17 +259,18 @@ def _transform(config, raw, root):
   return out, os.path.join(root, 'train', '*.gz'), os.path.join(root, 'eval', '*.gz')
 
 
-def _interval_seconds(history):
-  """{record step: seconds of the train steps since the previous record} (each history
-  record's steps_per_sec covers those steps; evaluation and checkpoints excluded)."""
-  seconds, previous = {}, 0
+def _timed_seconds(history, warmup):
+  """Seconds of the train steps after step `warmup` (each history record's rate covers
+  the steps since the previous record; evaluation and checkpoints excluded), or None."""
+  seconds, previous, timed = 0.0, 0, 0
   for record in history or []:
     step, rate = record.get('step'), record.get('steps_per_sec')
     if step is None or not rate:
-      return {}
-    seconds[step] = (step - previous) / rate
+      return None
+    if previous >= warmup:
+      seconds, timed = seconds + (step - previous) / rate, timed + step - previous
     previous = step
-  return seconds
+  return seconds if timed else None
 
 
 def _find(metrics, key):
@@ -282,9 +285,9 @@ def _find(metrics, key):
 
 
 def _replay(config, transform_output, train_files, batch, count, step_multiple):
-  """[(real steps, padded width, real rows)] of run_fn's first `count` training batches:
-  training.make_dataset with run_fn's seed gives them in the same order. None if the
-  Trainer's API does not allow it (it is being rewritten)."""
+  """[(real steps, padded width, real rows)] of run_fn's first `count` training batches,
+  from training.make_dataset with run_fn's seed: the same passes (the order of batches
+  within a pass may differ). None if the Trainer's API does not allow it."""
   try:
     import inspect  # pylint: disable=g-import-not-at-top
     import keras  # pylint: disable=g-import-not-at-top
@@ -303,24 +306,27 @@ def _replay(config, transform_output, train_files, batch, count, step_multiple):
     return None
 
 
-def _choose_warmup(batches, warmup, steps, max_warmup):
-  """The least multiple of `steps` >= `warmup` after which the next `steps` batches have
-  only padded lengths already seen (XLA compiles once per batch shape), up to
-  `max_warmup`; else the one with the fewest new lengths. Returns (warmup, new lengths)."""
+def _plan(batches, pass_len, warmup, steps, max_warmup):
+  """(warm-up, timed steps, shapes new in the timed passes) for our side, in whole passes
+  (each sequence once per pass: the timed batches' sequences and padding do not depend
+  on the order of batches within a pass). The warm-up is >= `warmup` and longer, up to
+  `max_warmup`, until the timed passes hold only batch shapes (steps x rows) already
+  seen: XLA compiles once per shape."""
+  timed = pass_len * math.ceil(steps / pass_len)
   if not warmup:
-    return 0, None
-  first = steps * math.ceil(warmup / steps)
+    return 0, timed, None
   best = None
-  for w in range(first, max(first, max_warmup) + 1, steps):
-    if batches is None or len(batches) < w + steps:
-      return (w, None) if best is None else best
+  for w in range(pass_len * math.ceil(warmup / pass_len), max(warmup, max_warmup) + 1,
+                 pass_len):
+    if batches is None or len(batches) < w + timed:
+      break
     seen = {(width, rows) for _, width, rows in batches[:w]}
-    new = len({(width, rows) for _, width, rows in batches[w:w + steps]} - seen)
-    if best is None or new < best[1]:
-      best = (w, new)
+    new = len({(width, rows) for _, width, rows in batches[w:w + timed]} - seen)
+    if best is None or new < best[2]:
+      best = (w, timed, new)
     if not new:
       break
-  return best
+  return best or (pass_len * math.ceil(warmup / pass_len), timed, None)
 
 
 def _timed_batches(timed, padded_fraction=None):
@@ -373,39 +379,52 @@ def _replayed_counts(config, files, batch, batches, timed, padded_fraction, mult
   return counts
 
 
-def run_ours(config, data_path, hparams, args, work_dir):
-  """Transform + run_fn; returns (result dict like the Magenta side's, batch, steps)."""
+def prepare_ours(config, data_path, hparams, args, work_dir):
+  """Our side's untimed part: extraction, Transform, the replayed batch plan."""
   from music_rnn import training  # pylint: disable=g-import-not-at-top
   raw, lengths = _raw_examples(config, data_path)
   files = _transform(config, raw, work_dir)
-  batch, steps = hparams['batch_size'], args.steps
+  batch = hparams['batch_size']
+  pass_len = math.ceil(sum(n >= 2 for n in lengths) / batch)
   multiple = getattr(training, 'XLA_STEP_MULTIPLE', 1)
   batches = _replay(config, files[0], files[1], batch,
-                    max(args.warmup, args.max_warmup) + steps, multiple)
-  warmup, new_shapes = _choose_warmup(batches, args.warmup, steps, args.max_warmup)
-  total = warmup + steps
-  failed = _run_fn(training, _fn_args(config, hparams, files, total, steps, work_dir))
+                    max(args.warmup, args.max_warmup) + 2 * args.steps + pass_len, multiple)
+  warmup, steps, new_shapes = _plan(batches, pass_len, args.warmup, args.steps,
+                                    args.max_warmup)
+  return {'files': files, 'sequences': len(raw), 'dataset_steps': sum(n - 1 for n in lengths),
+          'batches': batches, 'multiple': multiple, 'warmup': warmup, 'steps': steps,
+          'new_shapes': new_shapes, 'pass_len': pass_len}
+
+
+def run_ours(config, hparams, prep, work_dir):
+  """run_fn for prep's warm-up + timed steps; returns (result dict, batch, timed steps)."""
+  from music_rnn import training  # pylint: disable=g-import-not-at-top
+  warmup, steps = prep['warmup'], prep['steps']
+  total, interval = warmup + steps, math.gcd(warmup, steps)
+  failed = _run_fn(training, _fn_args(config, hparams, prep['files'], total, interval,
+                                      work_dir))
   metrics_path = os.path.join(work_dir, 'run', training.METRICS_FILE)
   if not os.path.exists(metrics_path):
     raise SystemExit(f'run_fn failed before writing metrics.json: {failed}')
   with open(metrics_path) as f:
     metrics = json.load(f)
-  batch = metrics.get('global_batch_size') or batch
-  seconds = _interval_seconds(metrics.get('history')).get(total)
-  note = f'warm-up {warmup}'
-  if new_shapes:
-    note += f', {new_shapes} new batch shapes compiled while timed'
-  if seconds is None or not warmup:  # the whole run's rate: includes compilation
+  batch = metrics.get('global_batch_size') or hparams['batch_size']
+  seconds = _timed_seconds(metrics.get('history'), warmup) if warmup else None
+  pf = None  # the Trainer's padded fraction of the timed steps, if one record has it all
+  note = f'warm-up {warmup}, {prep["pass_len"]} batches/pass'
+  if prep['new_shapes']:
+    note += f', {prep["new_shapes"]} new batch shapes compiled while timed'
+  if seconds is None:  # the whole run's rate: includes compilation
     seconds = total * batch / metrics['train_examples_per_sec']
-    steps, note = total, 'all steps, incl. compilation'
+    warmup, steps, note = 0, total, 'all steps, incl. compilation'
   if failed:
     note += f' (run_fn failed after writing metrics.json: {failed})'
-  result = {'seconds': seconds, 'sequences': len(raw), 'note': note,
-            'dataset_steps': sum(n - 1 for n in lengths),
-            'padded_fraction_metrics': _find(metrics, 'padded_fraction')}
-  if batches:
-    counts = _replayed_counts(config, files, batch, batches, slice(total - steps, total),
-                              result['padded_fraction_metrics'], multiple)
+  if seconds is not None and interval == steps:  # the last record is the timed interval
+    pf = _find(metrics, 'padded_fraction')
+  result = {'seconds': seconds, 'note': note, 'padded_fraction_metrics': pf}
+  if prep['batches'] and warmup + steps <= len(prep['batches']):
+    counts = _replayed_counts(config, prep['files'], batch, prep['batches'],
+                              slice(warmup, warmup + steps), pf, prep['multiple'])
     result['note'] += counts.pop('note', '')
     result.update(counts)
   return result, batch, steps
@@ -440,20 +459,23 @@ def compare(name, args):
         f'{os.path.relpath(data, PROJECT_ROOT)}; load {os.getloadavg()[0]:.2f}')
   print(f'  {"side":<8} {"steps":>5} {"examples/s":>11} {"time-steps/s":>12} '
         f'{"padded":>7} {"seconds":>8}')
-  rates = {}
-  if 'magenta' in args.sides:
-    m = run_magenta({'config': name, 'data': data, 'warmup': args.warmup,
-                     'steps': args.steps, **hparams})
-    m['note'] = (f'{m["sequences"]} seqs/{m["dataset_steps"]} steps, loss '
-                 f'{m["first_loss"]:.2f}->{m["last_loss"]:.2f}')
-    rates['magenta'] = _row('Magenta', args.steps, batch, m)
-  if 'ours' in args.sides:
-    with tempfile.TemporaryDirectory() as tmp:
-      o, batch_ours, steps = run_ours(config, data, hparams, args, tmp)
-    o['note'] = f'{o["sequences"]} seqs/{o["dataset_steps"]} steps, {o["note"]}'
-    if o['padded_fraction_metrics'] is not None:
-      o['note'] += f'; metrics.json padded_fraction {o["padded_fraction_metrics"]:.3f}'
-    rates['ours'] = _row('ours', steps, batch_ours, o)
+  rates, steps = {}, args.steps
+  with tempfile.TemporaryDirectory() as tmp:
+    if 'ours' in args.sides:  # untimed, first: it sets the steps in whole passes
+      prep = prepare_ours(config, data, hparams, args, tmp)
+      steps = prep['steps']
+    if 'magenta' in args.sides:
+      m = run_magenta({'config': name, 'data': data, 'warmup': args.warmup,
+                       'steps': steps, **hparams})
+      m['note'] = (f'{m["sequences"]} seqs/{m["dataset_steps"]} steps, loss '
+                   f'{m["first_loss"]:.2f}->{m["last_loss"]:.2f}')
+      rates['magenta'] = _row('Magenta', steps, batch, m)
+    if 'ours' in args.sides:
+      o, batch_ours, steps = run_ours(config, hparams, prep, tmp)
+      o['note'] = f'{prep["sequences"]} seqs/{prep["dataset_steps"]} steps, {o["note"]}'
+      if o['padded_fraction_metrics'] is not None:
+        o['note'] += f'; metrics.json padded_fraction {o["padded_fraction_metrics"]:.3f}'
+      rates['ours'] = _row('ours', steps, batch_ours, o)
   if len(rates) == 2:
     # Judged on real time-steps/s: examples/s also depends on which sequences the few
     # timed batches drew (and Magenta's queue repeats sequences to fill a batch).
@@ -483,10 +505,10 @@ def main():
   if args.steps < 1 or args.warmup < 0:
     parser.error('--steps must be >= 1 and --warmup >= 0')
   args.sides = args.sides.split(',')
-  print(f'Timed: {args.steps} training steps per side after >= {args.warmup} warm-up steps '
-        '(graph build, tracing and XLA compilation excluded from both; our warm-up '
-        'covers the timed batch shapes). Padded = padded steps / real steps of the timed '
-        'batches.')
+  print(f'Timed: >= {args.steps} training steps per side (whole passes of our batches) '
+        f'after >= {args.warmup} warm-up steps (graph build, tracing and XLA compilation '
+        'excluded from both; our warm-up covers the timed batch shapes). Padded = padded '
+        'steps / real steps of the timed batches.')
   for name in args.configs.split(','):
     compare(name, args)
   return 0

@@ -795,7 +795,9 @@ class EventSequenceRnn(keras.Model):
 # Measured on a 2-core CPU (benchmarks/core_speed.py): see build_model.
 DEFAULT_JIT_COMPILE = 'auto'
 DEFAULT_STEPS_PER_EXECUTION = 1
-XLA_TRAIN_STEP_MAX_UNITS = 64  # 'auto': whole-step XLA only for layers this small
+# 'auto': whole-step XLA for layers up to this size (with attention: the larger one).
+XLA_TRAIN_STEP_MAX_UNITS = 64
+XLA_TRAIN_STEP_MAX_UNITS_ATTENTION = 128
 
 
 def build_model(config: configs.ModelConfig, hparams: configs.HParams,
@@ -811,12 +813,13 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   `jit_compile`: XLA for the whole train/test step. Off, the attention layer's loop
   still runs as an XLA cluster (`loop_jit`) and plain LSTM loops run as TF while loops.
   'auto' (measured on 2 CPU cores, benchmarks/core_speed.py): whole-step XLA when every
-  layer has <= 64 units (its fused small ops win), off for larger layers (XLA's CPU
-  matmuls inside the loop run on one thread: drum_kit at Magenta's default sizes
-  trained ~2.5x slower with it), with several replicas (XLA cannot compile merge_call
+  layer has <= 64 units, or <= 128 with attention (its fused small ops win: attention_rnn
+  at [128, 128] b128 59 vs 50 examples/s), off for larger layers (XLA's CPU matmuls in
+  the loop use one thread: drum_kit [256]*3 b128 3.9 vs 6.3 examples/s; plain
+  [128, 128] LSTMs ~2x slower per CPU-second), with several replicas (XLA cannot compile merge_call
   all-reduces) and on GPUs (cuDNN kernels are not XLA ops; untested here, no GPU).
-  `steps_per_execution`: train steps per tf.function call; 1 measured as fast as more
-  (a train step takes >= 0.2 s here, Keras's per-call overhead is ~ms).
+  `steps_per_execution`: train steps per tf.function call; default 1 (not benchmarked:
+  a train step takes >= 0.1 s here, so Keras's per-call overhead of ~ms is < a few %).
   """
   hparams.validate()
   model = EventSequenceRnn(
@@ -833,7 +836,9 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   model({HOT: tf.fill([1, 1, layout.num_blocks], layout.num_hot),
          FLAGS: tf.zeros([1, 1], tf.int64), LENGTHS: tf.ones([1], tf.int32)})
   if jit_compile == 'auto':
-    jit_compile = (max(hparams.rnn_layer_sizes) <= XLA_TRAIN_STEP_MAX_UNITS and
+    limit = (XLA_TRAIN_STEP_MAX_UNITS_ATTENTION if hparams.attn_length else
+             XLA_TRAIN_STEP_MAX_UNITS)
+    jit_compile = (max(hparams.rnn_layer_sizes) <= limit and
                    tf.distribute.get_strategy().num_replicas_in_sync == 1 and
                    not _gpu_available())
   model.compile(optimizer=keras.optimizers.Adam(learning_rate=hparams.learning_rate),

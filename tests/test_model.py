@@ -430,7 +430,12 @@ def test_build_model_xla_defaults():
   assert model.jit_compile is True
   assert model.steps_per_execution == model_lib.DEFAULT_STEPS_PER_EXECUTION
   assert 'padded_fraction' in [m.name for m in model.metrics]
-  big = model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(128, 8)))
+  assert model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(128, 8))).jit_compile
+  big = model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(256, 8)))
   assert big.jit_compile is False
   assert big._loop_jit(big.step_weights()['layers'][0])  # pylint: disable=protected-access
   assert not big._loop_jit(big.step_weights()['layers'][1])  # pylint: disable=protected-access
+  plain_config, plain_hparams = _small('basic_rnn')
+  assert model_lib.build_model(plain_config, plain_hparams).jit_compile
+  assert not model_lib.build_model(
+      plain_config, plain_hparams.replace(rnn_layer_sizes=(128, 8))).jit_compile
