@@ -35,7 +35,8 @@ import tensorflow_probability for models not used here). MAGENTA_ORACLE_PATH
 (os.pathsep-separated) overrides where Magenta and tf-slim are found.
 
 Usage: python benchmarks/train_vs_magenta.py [--configs drum_kit,attention_rnn]
-       [--steps 20] [--warmup 5] [--magenta-sizes] [--sides magenta,ours]
+       [--steps 20] [--warmup 20] [--max-warmup 200] [--magenta-sizes]
+       [--sides magenta,ours]
 """
 
 import argparse
@@ -490,10 +491,11 @@ def compare(name, args):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default=','.join(CONFIGS))
-  parser.add_argument('--steps', type=int, default=20, help='timed steps per side')
-  parser.add_argument('--warmup', type=int, default=5, help='untimed steps first (ours: '
-                      'rounded up to a multiple of --steps, and more until the timed '
-                      'batch shapes are compiled, up to --max-warmup)')
+  parser.add_argument('--steps', type=int, default=20,
+                      help='timed steps per side (rounded up to whole passes of ours)')
+  parser.add_argument('--warmup', type=int, default=20, help='untimed steps first (ours: '
+                      'whole passes, more until the timed batch shapes are compiled, up '
+                      'to --max-warmup)')
   parser.add_argument('--max-warmup', type=int, default=200)
   parser.add_argument('--magenta-sizes', action='store_true',
                       help="Magenta's default layer sizes and batch 128")

@@ -449,5 +449,8 @@ def test_evaluate_signature_scores_like_serving_default(exported, name):
         'xent': -np.log(p).sum(), 'steps': steps, 'correct': correct.sum(),
         'events': (~is_no_event).sum(), 'correct_events': (correct & ~is_no_event).sum(),
         'no_events': is_no_event.sum(), 'correct_no_events': (correct & is_no_event).sum()}
-    got = {k: float(v[i]) for k, v in stats.items()}
+    got = {k: float(stats[k][i]) for k in expected}
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-4), (i, len(events))
+    # The unigram table's cross entropy: > 0 per real step, nothing without one.
+    unigram = float(stats['unigram_xent'][i])
+    assert (unigram > 0) if steps else (unigram == 0), (i, unigram)
