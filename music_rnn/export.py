@@ -43,8 +43,6 @@ EXTEND_SIGNATURE = 'extend'
 CONFIG_ASSET = os.path.join('assets.extra', 'model_config.json')
 # [{'path', 'shape'}] of ServingModule.model_variables, in order: warm start matches by path.
 VARIABLES_ASSET = os.path.join('assets.extra', 'variables.json')
-# evaluate's per-example unigram baseline (features.UNIGRAM_XENT).
-UNIGRAM_XENT = features.UNIGRAM_XENT
 
 
 def serving_feature_spec(raw_feature_spec: Dict[str, Any]) -> Dict[str, Any]:
@@ -148,7 +146,7 @@ class ServingModule(tf.Module):
       logits = model(x, training=False)
       mask = model_lib.sequence_mask(x[model_lib.LENGTHS], tf.shape(labels)[1])
       stats = model_lib.example_stats(labels, logits, mask, no_event_label)
-      stats[UNIGRAM_XENT] = _per_example(transformed[features.UNIGRAM_XENT], tf.float32)
+      stats[features.UNIGRAM_XENT] = _per_example(transformed[features.UNIGRAM_XENT], tf.float32)
       return stats
 
     @tf.function(input_signature=[])
