@@ -80,9 +80,9 @@ def compiled_specs(out_dir: str) -> List[str]:
   paths = []
   for name in sorted(configs.CONFIGS):
     path = os.path.join(out_dir, f'{name}.json')
-    kubeflow_v2_runner.compile_pipeline(
-        model_config=name, pipeline_root='gs://bucket/root', data='gs://bucket/data',
-        image='image', output=path)
+    kubeflow_v2_runner.compile_pipeline(kubeflow_v2_runner.settings_from_args(
+        ['--config', name, '--pipeline-root', 'gs://bucket/root', '--data', 'gs://bucket/data',
+         '--image', 'image', '--output', path]), path)
     paths.append(path)
   return paths
 

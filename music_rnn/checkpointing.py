@@ -9,6 +9,9 @@ by what makes two runs "the same" (`run_key`). One run's directory holds:
                  state, every `checkpoint_every` steps and at every evaluation; last 2 kept
   best/          weights only, of the `keep_best` lowest eval losses; best/index.json
   history.json   the per-evaluation records so far, so curves survive a restart
+
+A multi-worker run's other workers restore from that directory too, and make the same
+saves as the chief to their own scratch `write_directory` (TF's multi-worker pattern).
 """
 
 import hashlib
@@ -74,29 +77,34 @@ class EarlyStoppingState(tf.Module):
 class Checkpointer:
   """Saves and restores one run's state in `directory` (see the module docstring)."""
 
-  def __init__(self, directory: str, model, keep_best: int = DEFAULT_KEEP_BEST):
+  def __init__(self, directory: str, model, keep_best: int = DEFAULT_KEEP_BEST,
+               write_directory: Optional[str] = None):
+    """`directory`: the run's, restored from; `write_directory`: where this process
+    saves and deletes (default `directory`)."""
     self.directory = directory
+    self.write_directory = write_directory or directory
     self.model = model
     self.keep_best = max(1, int(keep_best))
     self.state = EarlyStoppingState()
     self.weights = list(model.trainable_variables) + list(model.non_trainable_variables)
-    tf.io.gfile.makedirs(os.path.join(directory, 'best'))
+    tf.io.gfile.makedirs(os.path.join(self.write_directory, 'best'))
     self._manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=model, optimizer=model.optimizer, early_stopping=self.state),
-        os.path.join(directory, 'latest'), max_to_keep=2)
+        os.path.join(self.write_directory, 'latest'), max_to_keep=2)
     self.best: List[Dict[str, Any]] = []  # [{'step', 'eval_loss', 'path'}], best first
+    self._restored_step = 0
 
   @property
   def step(self) -> int:
     return int(self.model.optimizer.iterations.numpy())
 
   def saved_step(self) -> int:
-    """The step of the newest `latest/` checkpoint (0: none)."""
+    """The step of the newest checkpoint this process saved or restored (0: none)."""
     latest = self._manager.latest_checkpoint
-    return int(latest.rsplit('-', 1)[1]) if latest else 0
+    return max(self._restored_step, int(latest.rsplit('-', 1)[1]) if latest else 0)
 
   def write_spec(self, spec: Dict[str, Any]) -> None:
-    _write_json(os.path.join(self.directory, RUN_SPEC), spec)
+    _write_json(os.path.join(self.write_directory, RUN_SPEC), spec)
 
   def restore(self) -> int:
     """Loads the latest checkpoint, if any; returns the step it was taken at (0: none).
@@ -104,12 +112,12 @@ class Checkpointer:
     Best-checkpoint entries newer than it (written just before a kill) are dropped:
     the resumed run will evaluate those steps again.
     """
-    latest = self._manager.latest_checkpoint
+    latest = tf.train.latest_checkpoint(os.path.join(self.directory, 'latest'))
     if latest:
       self._manager.checkpoint.read(latest).assert_existing_objects_matched()
-    step = self.step if latest else 0
+    step = self._restored_step = self.step if latest else 0
     kept = []
-    for entry in _read_json(self._best_index(), []):
+    for entry in _read_json(os.path.join(self.directory, 'best', BEST_INDEX), []):
       if entry['step'] <= step and tf.io.gfile.exists(entry['path'] + '.index'):
         kept.append(entry)
       else:
@@ -125,7 +133,7 @@ class Checkpointer:
   def save(self, history: List[Dict[str, Any]]) -> str:
     """Model, optimizer, step and early-stopping state; then the history beside them."""
     path = self._manager.save(checkpoint_number=self.step)
-    _write_json(os.path.join(self.directory, HISTORY), history)
+    _write_json(os.path.join(self.write_directory, HISTORY), history)
     return path
 
   def record_eval(self, eval_loss: float) -> bool:
@@ -140,7 +148,7 @@ class Checkpointer:
       self.state.evals_since_best.assign_add(1)
     self.best = [e for e in self.best if e['step'] != step]
     if len(self.best) < self.keep_best or eval_loss < self.best[-1]['eval_loss']:
-      path = os.path.join(self.directory, 'best', f'step-{step}')
+      path = os.path.join(self.write_directory, 'best', f'step-{step}')
       tf.train.Checkpoint(weights=self.weights).write(path)
       self.best.append({'step': step, 'eval_loss': float(eval_loss), 'path': path})
       self.best.sort(key=lambda e: (e['eval_loss'], e['step']))
@@ -158,14 +166,13 @@ class Checkpointer:
     tf.train.Checkpoint(weights=self.weights).read(entry['path']).assert_consumed()
     return entry
 
-  def _best_index(self) -> str:
-    return os.path.join(self.directory, 'best', BEST_INDEX)
-
   def _write_best_index(self) -> None:
-    _write_json(self._best_index(), self.best)
+    _write_json(os.path.join(self.write_directory, 'best', BEST_INDEX), self.best)
 
-  @staticmethod
-  def _delete(prefix: str) -> None:
+  def _delete(self, prefix: str) -> None:
+    """Removes a best checkpoint, if this process wrote it (the chief deletes its own)."""
+    if not prefix.startswith(os.path.join(self.write_directory, '')):
+      return
     for path in tf.io.gfile.glob(prefix + '.*'):
       try:
         tf.io.gfile.remove(path)

@@ -4,22 +4,25 @@ generate music from a pushed model."""
 import argparse
 import json
 import os
-import shlex
+import re
 import sys
+import traceback
 from typing import List, Optional
 
 from music_rnn import configs
+from music_rnn import limits
 
 
-def _int_at_least(minimum: int, what: str):
-  """An argparse type: an int >= minimum, with a message naming what was expected."""
+def _int_at_least(minimum: int, what: str, maximum: Optional[int] = None):
+  """An argparse type: an int >= minimum (and <= maximum), with a message naming what
+  was expected."""
 
   def parse(text: str) -> int:
     try:
       value = int(text)
     except ValueError:
       raise argparse.ArgumentTypeError(f'expected {what}, got {text!r}') from None
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
       raise argparse.ArgumentTypeError(f'expected {what}, got {value}')
     return value
 
@@ -28,13 +31,6 @@ def _int_at_least(minimum: int, what: str):
 
 _positive_int = _int_at_least(1, 'a positive integer')
 _non_negative_int = _int_at_least(0, 'an integer >= 0')
-
-
-def _hparams(text: str):
-  try:
-    return configs.parse_hparams(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,76 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--events-out', help='Write {"source_id", "events"} JSON lines here.')
 
   p = sub.add_parser('run', help='Run the local TFX pipeline for one model config.')
-  p.add_argument('--config', required=True, choices=sorted(configs.CONFIGS))
-  p.add_argument('--data', help='NoteSequence TFRecord file, directory or file glob '
-                 '(default: the bundled data for the config kind).')
-  p.add_argument('--train-steps', type=_positive_int)
-  p.add_argument('--eval-steps', '--limit-eval-batches', dest='eval_steps', type=_positive_int,
-                 help='Eval batches per evaluation (Lightning: limit_val_batches).')
-  p.add_argument('--batch-size', type=_positive_int, help='Per-replica batch size.')
-  p.add_argument('--hparams', type=_hparams, default={},
-                 help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64],learning_rate=0.01'.")
-  p.add_argument('--seed', type=_non_negative_int, default=0)
+  from pipeline import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  settings_lib.add_arguments(p)  # the pipeline's flags, shared with the Kubeflow compiler
+  p.add_argument('--output-root', default=argparse.SUPPRESS,
+                 help='Pipeline root, ML-Metadata, checkpoints and tuner state '
+                 '(default $MUSIC_RNN_HOME or build/).')
   p.add_argument('--workers', type=_non_negative_int, default=1,
                  help='Beam DirectRunner workers: 1 in-process, N>1 or 0 (all cores) '
-                 'multi-processing.')
-  p.add_argument('--beam-pipeline-args', type=shlex.split,
-                 help='Beam options for ExampleGen, StatisticsGen and Transform as one quoted '
-                 'string, given with "=": --beam-pipeline-args="--runner=FlinkRunner ..." '
-                 '(instead of --workers; README, "Beam at scale").')
-  p.add_argument('--output-root', help='Pipeline root and ML-Metadata location.')
-  p.add_argument('--serving-dir', help='Pusher destination root (default serving/models).')
-  p.add_argument('--no-cache', action='store_true', help="Disable TFX's execution cache.")
-  p.add_argument('--no-xla-generation', action='store_true',
-                 help="Export the generate/prime/extend signatures as plain TensorFlow ops "
-                 "instead of an XLA-compiled sampling loop (slower at small batches; for "
-                 "servers without XLA, e.g. TF Serving without --xla_cpu_compilation_enabled).")
-  p.add_argument('--blessing', type=_blessing, default=None, metavar='NAME=VALUE,...',
-                 help='Evaluator thresholds, only blessed models are pushed: '
-                 'max_perplexity_fraction (eval perplexity must be below this times the '
-                 'number of classes), unigram_margin (eval loss at most 1 - this times the '
-                 'loss of the train split\'s label frequencies) and loss_tolerance (eval '
-                 'loss at most this above the latest blessed model\'s); "none" turns one '
-                 'off. Default: max_perplexity_fraction=0.5,unigram_margin=0.1,'
-                 'loss_tolerance=0.01.')
-  t = p.add_argument_group('tuning', 'Search rnn_layer_sizes, learning_rate, clip_norm, ... '
-                           'with a TFX Tuner and train the final model with the best.')
-  t.add_argument('--tune', action='store_true', help='Add the Tuner before the Trainer.')
-  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
-  t.add_argument('--tuner', help=f'random, bayesian or hyperband '
-                 f'(default {pipeline_configs.TUNER}).')
-  t.add_argument('--max-trials', type=_positive_int, help='Trials to run (default '
-                 f'{pipeline_configs.MAX_TRIALS}); re-running with more extends the search.')
-  t.add_argument('--trial-steps', type=_positive_int, help='Training steps per trial '
-                 f'(default {pipeline_configs.TRIAL_STEPS}).')
-  t.add_argument('--search-space', help='YAML/JSON file replacing entries of the default '
-                 'search space (see README, "Tuning").')
-  t.add_argument('--hyperparameters', help="Without --tune: train with an earlier run's "
-                 'best_hyperparameters (its artifact dir, or the file in it).')
-  r = p.add_argument_group('training that survives', 'Checkpoints, resume, best model, '
-                           'devices, precision, debugging (README, "Training that survives").')
-  r.add_argument('--fast-dev-run', action='store_true', help='Smoke test: every component, '
-                 f'{pipeline_configs.FAST_DEV_RUN_TRAIN_STEPS} train and <= '
-                 f'{pipeline_configs.FAST_DEV_RUN_EVAL_STEPS} eval batches of <= '
-                 f'{pipeline_configs.FAST_DEV_RUN_BATCH_SIZE}, as pipeline '
-                 f'<name>{pipeline_configs.FAST_DEV_RUN_SUFFIX}; nothing is resumed or '
-                 'pushed to the real serving dir.')
-  r.add_argument('--checkpoint-every', type=_positive_int, help='Steps between checkpoints '
-                 f'(default {pipeline_configs.CHECKPOINT_EVERY}; also at every evaluation).')
-  r.add_argument('--early-stopping-patience', type=_positive_int,
-                 help='Stop after N evaluations without a lower eval loss (default: off).')
-  r.add_argument('--warm-start-from', help='Fine-tune from a previous model: a pushed '
-                 "SavedModel dir or a Trainer's Model artifact (same config and layer sizes).")
-  r.add_argument('--mixed-precision', nargs='?', const='auto',
-                 choices=['auto', 'mixed_float16', 'mixed_bfloat16', 'off'],
-                 help='auto: mixed_float16 on GPU, mixed_bfloat16 on CPU; the softmax stays '
-                 'float32.')
-  r.add_argument('--replicas', type=_positive_int, help='MirroredStrategy replicas: the first '
-                 'N GPUs, or on a CPU-only machine N logical CPU devices.')
-  r.add_argument('--global-batch-size', type=_positive_int, help='Batch over all replicas '
-                 '(must divide by --replicas); instead of the per-replica --batch-size.')
+                 'multi-processing (instead of --beam-pipeline-args).')
   _add_generate_parser(sub)
+  _add_package_parser(sub)
+  _add_magenta_parsers(sub)
+  _add_debug_flags(parser, sub)  # keep last: every subcommand gets --debug
   return parser
+
+
+def _add_debug_flags(parser: argparse.ArgumentParser, sub) -> None:
+  """--debug before or after the command: `music-rnn --debug generate ...` or
+  `music-rnn generate ... --debug`."""
+  what = 'On an error, also print the full traceback.'
+  parser.add_argument('--debug', action='store_true', help=what)
+  for command_parser in sub.choices.values():
+    command_parser.add_argument('--debug', action='store_true', default=argparse.SUPPRESS,
+                                help=what)
 
 
 def _cmd_convert(args) -> int:
@@ -147,53 +96,16 @@ def _cmd_extract(args) -> int:
 def _cmd_run(args) -> int:
   from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
   from pipeline import local_runner  # pylint: disable=g-import-not-at-top
-  hparams = dict(args.hparams)
-  if args.batch_size:
-    hparams['batch_size'] = args.batch_size
-  search_flags = [f for f, v in (('--tuner', args.tuner), ('--max-trials', args.max_trials),
-                                 ('--trial-steps', args.trial_steps),
-                                 ('--search-space', args.search_space)) if v]
-  if search_flags and not args.tune:
-    raise ValueError(f'{", ".join(search_flags)}: need --tune')
-  if args.search_space and not os.path.isfile(args.search_space):
-    raise FileNotFoundError(f'--search-space: {args.search_space} is not a file')
-  if args.beam_pipeline_args and args.workers != 1:
+  from pipeline import settings as settings_lib  # pylint: disable=g-import-not-at-top
+  if 'beam_pipeline_args' in args and args.workers != 1:
     raise ValueError('--workers and --beam-pipeline-args: give one of them')
-  if args.fast_dev_run and args.train_steps:
-    raise ValueError('--fast-dev-run sets the train steps; drop --train-steps')
-  if args.global_batch_size and (args.batch_size or 'batch_size' in hparams):
-    raise ValueError('--global-batch-size and a per-replica batch size: give one of them')
-  if args.replicas:
+  settings = settings_lib.PipelineSettings.from_args(
+      args, beam_pipeline_args=pipeline_configs.beam_args_for_workers(args.workers))
+  if settings.replicas:
     from music_rnn import training  # pylint: disable=g-import-not-at-top
-    training.use_logical_cpus(args.replicas)  # before TensorFlow initializes its devices
-  summary = local_runner.run(
-      model_config=args.config,
-      data=args.data,
-      train_steps=args.train_steps or pipeline_configs.TRAIN_STEPS,
-      eval_steps=args.eval_steps or pipeline_configs.EVAL_STEPS,
-      hparams=hparams,
-      seed=args.seed,
-      output_root=args.output_root or pipeline_configs.OUTPUT_ROOT,
-      serving_models_dir=args.serving_dir or pipeline_configs.SERVING_MODELS_DIR,
-      beam_pipeline_args=(args.beam_pipeline_args
-                          or pipeline_configs.beam_args_for_workers(args.workers)),
-      enable_cache=not args.no_cache,
-      tune=args.tune,
-      tuner=args.tuner or pipeline_configs.TUNER,
-      max_trials=args.max_trials or pipeline_configs.MAX_TRIALS,
-      trial_steps=args.trial_steps or pipeline_configs.TRIAL_STEPS,
-      search_space=args.search_space,
-      hyperparameters=args.hyperparameters,
-      fast_dev_run=args.fast_dev_run,
-      warm_start_from=args.warm_start_from,
-      checkpoint_every=args.checkpoint_every or pipeline_configs.CHECKPOINT_EVERY,
-      early_stopping_patience=args.early_stopping_patience,
-      mixed_precision=args.mixed_precision,
-      xla_generation=not args.no_xla_generation,
-      replicas=args.replicas,
-      global_batch_size=args.global_batch_size,
-      blessing=args.blessing)
-  print(f'\n== {args.config}: pipeline {summary.pipeline_name} finished')
+    training.use_logical_cpus(settings.replicas)  # before TensorFlow initializes its devices
+  summary = local_runner.run(settings)
+  print(f'\n== {settings.model_config}: pipeline {summary.pipeline_name} finished')
   for component, state in summary.component_states.items():
     print(f'   {component:<28} {state}')
   kept = {k: v for k, v in summary.extraction_stats.items() if k.endswith('extracted')}
@@ -245,14 +157,6 @@ def _cmd_run(args) -> int:
   return 0
 
 
-def _blessing(text: str):
-  from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
-  try:
-    return pipeline_configs.BLESSING.replace(text)
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def _positive_float(text: str) -> float:
   try:
     value = float(text)
@@ -269,11 +173,18 @@ def _add_generate_parser(sub) -> None:
   which.add_argument('--config', choices=sorted(configs.CONFIGS),
                      help="Use the config's newest pushed model (serving/models/<config>/).")
   which.add_argument('--model-dir', help='An exported SavedModel directory.')
+  which.add_argument('--model', help='A local path, a .tar.gz URL (http(s)://, gs://; e.g. '
+                     'from `music-rnn package`) or a TF Hub handle: downloaded once, cached '
+                     'in $TFHUB_CACHE_DIR (default ~/.cache/music-rnn/tfhub_modules).')
   p.add_argument('--serving-dir', help='Where pushed models are (default serving/models).')
   p.add_argument('--output-dir', required=True, help='Where the .mid and .png files go.')
   p.add_argument('--num-outputs', type=_positive_int, default=10)
-  p.add_argument('--num-steps', type=_positive_int, default=128,
-                 help="Total length in steps, primer included (Magenta's meaning).")
+  p.add_argument('--num-steps', default=128, type=_int_at_least(
+      2, f'an integer in [2, {limits.MAX_NUM_STEPS}] (limits.MAX_NUM_STEPS)',
+      limits.MAX_NUM_STEPS), help="Total length in steps, primer included (Magenta's "
+                 f'meaning); at most {limits.MAX_NUM_STEPS}, and --num-outputs x '
+                 f'--beam-size x --branch-factor x --num-steps at most '
+                 f'{limits.MAX_TOTAL_STEPS} (serving/README.md, "Bounds").')
   p.add_argument('--temperature', type=_positive_float, default=1.0)
   p.add_argument('--seed', type=int, help='Same seed, same music (default: random, printed).')
   primer = p.add_mutually_exclusive_group()
@@ -289,27 +200,53 @@ def _add_generate_parser(sub) -> None:
   p.add_argument('--steps-per-iteration', type=_positive_int, default=1)
 
 
+def _check_generate_size(args) -> None:
+  """The bound on all events of a request (limits.py), before anything is loaded."""
+  rows = args.num_outputs * args.beam_size * args.branch_factor
+  too_large = limits.too_large(args.num_steps, rows)
+  if too_large:
+    raise ValueError(f'--num-outputs x --beam-size x --branch-factor x --num-steps: '
+                     f'{too_large}; ask for fewer or shorter outputs')
+
+
+def _generate_model_dir(args) -> str:
+  """The SavedModel directory to generate with, checked (packaging.check_saved_model)."""
+  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
+  if args.model:
+    return _resolve_model(args.model)
+  if args.model_dir:
+    packaging.check_saved_model(args.model_dir, '--model-dir', 'give an exported model '
+                                'directory, e.g. serving/models/<config>/<version>')
+    return args.model_dir
+  if args.config:
+    return client.latest_model_dir(args.config, args.serving_dir or client.DEFAULT_MODELS_DIR)
+  raise ValueError('give --config (its newest pushed model), --model-dir or --model')
+
+
 def _cmd_generate(args) -> int:
   import random  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   from serving import client  # pylint: disable=g-import-not-at-top
-  if args.model_dir:
-    path = args.model_dir
-  elif args.config:
-    path = client.latest_model_dir(args.config, args.serving_dir or client.DEFAULT_MODELS_DIR)
-  else:
-    raise ValueError('give --config (its newest pushed model) or --model-dir')
+  _check_generate_size(args)
+  # What needs no model is checked first, so a mistake fails at once.
+  primer = sequence = None
+  if args.primer_drums:
+    primer = client.parse_drum_primer(args.primer_drums)
+  elif args.primer_melody:
+    primer = client.parse_melody_primer(args.primer_melody)
+  elif args.primer_midi:
+    sequence = client.read_midi(args.primer_midi)
+  path = _generate_model_dir(args)
   model = client.Model(path)
   if (args.primer_drums and not model.is_drums) or (args.primer_melody and model.is_drums):
     kind, flag = ('drums', '--primer-drums') if model.is_drums else ('melody', '--primer-melody')
     raise ValueError(f'{model.name} is a {kind} model: use {flag} or --primer-midi')
   qpm = None
-  if args.primer_midi:
-    primer, qpm = client.primer_from_midi(args.primer_midi, model)
-  elif model.is_drums:
-    primer = client.parse_drum_primer(args.primer_drums or '[(36,)]')
-  else:
-    primer = client.parse_melody_primer(args.primer_melody or '[60]')
+  if sequence is not None:
+    primer, qpm = client.primer_from_sequence(sequence, model, args.primer_midi)
+  elif primer is None:
+    primer = client.parse_drum_primer('[(36,)]') if model.is_drums else [60]
   qpm = args.qpm or qpm or client.DEFAULT_QPM
   if len(primer) >= args.num_steps:
     raise ValueError(f'the primer is {len(primer)} steps; --num-steps (the total length, '
@@ -330,14 +267,139 @@ def _cmd_generate(args) -> int:
   return 0
 
 
+def _resolve_model(name: str) -> str:
+  """--model: the local SavedModel dir of a path, archive URL or hub handle."""
+  from music_rnn import model_handles  # pylint: disable=g-import-not-at-top
+  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  path = model_handles.resolve(name)
+  packaging.check_saved_model(
+      path, f'--model {name}' if path != name else '--model',
+      'an archive must hold the SavedModel files at its root, as `music-rnn package` '
+      'writes them')
+  return path
+
+
+def _add_package_parser(sub) -> None:
+  p = sub.add_parser('package', help='Write a pushed model as a TF Hub compatible .tar.gz '
+                     '(serve it over http(s)/gs and use it with `generate --model URL`).')
+  p.add_argument('--model-dir', required=True, help='A pushed SavedModel directory, e.g. '
+                 'serving/models/drum_kit/<version>.')
+  p.add_argument('--output', required=True, help='The archive to write, e.g. model.tar.gz.')
+
+
+def _cmd_package(args) -> int:
+  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  output = packaging.package(args.model_dir, args.output)
+  print(f'wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB) from {args.model_dir}')
+  return 0
+
+
+def _add_magenta_parsers(sub) -> None:
+  p = sub.add_parser('import-magenta', help="A Magenta .mag bundle or run_dir checkpoint as "
+                     "a SavedModel with a pushed model's signatures.")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument('--bundle', help='A .mag file (drum_kit, basic_rnn, lookback_rnn, '
+                      'attention_rnn): a local path, a .tar.gz URL or a TF Hub handle. '
+                      'Its config and hparams come from the bundle.')
+  source.add_argument('--checkpoint', help='A Magenta run_dir, checkpoint directory or '
+                      'prefix (model.ckpt-N); needs --config and the --hparams it was '
+                      'trained with.')
+  p.add_argument('--config', choices=sorted(configs.CONFIGS))
+  p.add_argument('--hparams', default='',
+                 help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64],attn_length=16'.")
+  p.add_argument('--output', required=True, help='The SavedModel directory to create.')
+  p.add_argument('--data', help="NoteSequence TFRecord whose sequences' label frequencies "
+                 "give the evaluate signature's unigram baseline (default: near uniform).")
+  p.add_argument('--no-xla-generation', action='store_true',
+                 help='Plain TensorFlow ops for the generate/prime/extend signatures.')
+
+  p = sub.add_parser('export-magenta', help="A pushed model as a .mag bundle for Magenta "
+                     "2.1.4's generators (needs Magenta: `make oracle` or "
+                     "$MAGENTA_ORACLE_PATH).")
+  p.add_argument('--model-dir', required=True, help='A pushed or imported SavedModel.')
+  p.add_argument('--output', required=True, help='The .mag file to write.')
+  p.add_argument('--description', default='', help="The bundle's description.")
+
+
+def _cmd_import_magenta(args) -> int:
+  from music_rnn import magenta_interop  # pylint: disable=g-import-not-at-top
+  hparams = configs.parse_hparams(args.hparams)
+  if args.bundle:
+    magenta = magenta_interop.load_bundle(magenta_interop.bundle_path(args.bundle))
+    magenta = magenta_interop.with_flags(magenta, args.config, hparams)
+  else:
+    if not args.config:
+      raise ValueError('--checkpoint needs --config (and --hparams, if not the defaults)')
+    magenta = magenta_interop.load_checkpoint(args.checkpoint, args.config, hparams)
+  magenta_interop.import_model(magenta, args.output, data=args.data,
+                               jit_compile=not args.no_xla_generation)
+  print(f'imported {magenta.config.name} '
+        f'(rnn_layer_sizes={list(magenta.hparams.rnn_layer_sizes)}, '
+        f'attn_length={magenta.hparams.attn_length}) from {magenta.source} to {args.output}')
+  return 0
+
+
+def _cmd_export_magenta(args) -> int:
+  from music_rnn import magenta_interop  # pylint: disable=g-import-not-at-top
+  output = magenta_interop.export_bundle(args.model_dir, args.output, args.description)
+  print(f'wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB) from {args.model_dir}')
+  return 0
+
+
+# The subcommands: a new one adds its parser in build_parser and one line here; main()
+# runs it under the same error handling.
+COMMANDS = {
+    'convert': _cmd_convert,
+    'extract': _cmd_extract,
+    'run': _cmd_run,
+    'generate': _cmd_generate,
+    'package': _cmd_package,
+    'import-magenta': _cmd_import_magenta,
+    'export-magenta': _cmd_export_magenta,
+}
+
+EXIT_FAILED = 1  # what was given was fine, running it failed
+EXIT_USAGE = 2  # what was given is wrong: flags, files, data (argparse's code too)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
+
+# What a user gives wrong surfaces as these; anything else is a failed run.
+USAGE_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                PermissionError)
+
+
+def _reason(error: BaseException) -> str:
+  """A failed run's error in one line: a TensorFlow assertion's own message, else the
+  error's first line that says something (not a heading like 'Graph execution error:')."""
+  text = str(error).strip()
+  assertion = re.search(r'assertion failed: \[(.*)\]\s*$', text, re.MULTILINE)
+  if assertion:
+    return assertion.group(1)
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  said = [line for line in lines if not line.endswith(':')] or lines
+  return f'{type(error).__name__}: {said[0]}' if said else type(error).__name__
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+  """Runs one command; errors end in one line on stderr (the traceback too with
+  --debug) and exit code EXIT_USAGE or EXIT_FAILED."""
   args = build_parser().parse_args(argv)
+  prefix = f'music-rnn {args.command}'
   try:
-    return {'convert': _cmd_convert, 'extract': _cmd_extract, 'run': _cmd_run,
-            'generate': _cmd_generate}[args.command](args)
-  except (ValueError, FileNotFoundError) as e:
-    print(f'music-rnn {args.command}: error: {e}', file=sys.stderr)
-    return 2
+    return COMMANDS[args.command](args)
+  except KeyboardInterrupt:
+    if args.debug:
+      traceback.print_exc()
+    print(f'{prefix}: interrupted', file=sys.stderr)
+    return EXIT_INTERRUPTED
+  except Exception as e:  # pylint: disable=broad-except; every error ends in one line
+    if args.debug:
+      traceback.print_exc()
+    if isinstance(e, USAGE_ERRORS):
+      print(f'{prefix}: error: {e}', file=sys.stderr)
+      return EXIT_USAGE
+    hint = '' if args.debug else '; run again with --debug for the traceback'
+    print(f'{prefix}: error: {_reason(e)}{hint}', file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == '__main__':

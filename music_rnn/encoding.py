@@ -34,6 +34,76 @@ def pad_value(config: configs.ModelConfig) -> int:
   return 0 if config.kind == configs.DRUMS else NO_EVENT
 
 
+# --- Building blocks, shared with generation's per-step encoders (which pass a scalar
+# position t or [B] events where the batch encoders below pass [B, T]). -------------
+
+
+def binary_counters(positions: tf.Tensor, bits: int) -> tf.Tensor:
+  """note-seq's time counters for the *next* step: bit i of (t + 1) as +1/-1.
+
+  positions: int32, any shape; returns float32 [..., bits].
+  """
+  n = positions + 1
+  out = [tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(n, i), 1), tf.float32) * 2. - 1.
+         for i in range(bits)]
+  return tf.stack(out, -1) if out else tf.zeros(tf.concat([tf.shape(n), [0]], 0))
+
+
+def bar_end(positions: tf.Tensor) -> tf.Tensor:
+  """KeyMelodyEncoderDecoder's bar flag: 1.0 where t + 1 ends a bar, float32 [..., 1]."""
+  return tf.cast(tf.equal((positions + 1) % configs.DEFAULT_STEPS_PER_BAR, 0),
+                 tf.float32)[..., tf.newaxis]
+
+
+def _key_matrix() -> tf.Tensor:
+  """[12 pitch classes, 12 major keys]: 1 where the key contains the pitch class."""
+  rows = [[1. if k in keys else 0. for k in range(_OCTAVE)] for keys in events_lib.NOTE_KEYS]
+  return tf.constant(rows, tf.float32)
+
+
+def note_pitch_classes(events: tf.Tensor) -> tf.Tensor:
+  """One-hot pitch class of every note (events >= 0), zeros elsewhere: float32 [..., 12]."""
+  return tf.one_hot(tf.math.floormod(events, _OCTAVE), _OCTAVE) * tf.cast(
+      events >= 0, tf.float32)[..., tf.newaxis]
+
+
+def key_flags(pitch_class_hist: tf.Tensor) -> tf.Tensor:
+  """[..., 12] pitch-class counts -> 1.0 for every major key tied for most notes (all
+  1.0 when there are no notes), float32 [..., 12]."""
+  key_hist = tf.tensordot(pitch_class_hist, _key_matrix(), 1)
+  return tf.cast(tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True)), tf.float32)
+
+
+def melody_class(events: tf.Tensor, min_note: int) -> tf.Tensor:
+  """MelodyOneHotEncoding.encode_event: 0 no event, 1 note off, 2 + note - min_note."""
+  return tf.where(events < 0, events + configs.NUM_SPECIAL_MELODY_EVENTS,
+                  events - min_note + configs.NUM_SPECIAL_MELODY_EVENTS)
+
+
+def melody_class_to_event(classes: tf.Tensor, min_note: int) -> tf.Tensor:
+  """MelodyOneHotEncoding.decode_event, the inverse of melody_class."""
+  return tf.where(classes < configs.NUM_SPECIAL_MELODY_EVENTS,
+                  classes - configs.NUM_SPECIAL_MELODY_EVENTS,
+                  classes - configs.NUM_SPECIAL_MELODY_EVENTS + min_note)
+
+
+def fold_notes(notes: tf.Tensor, min_note: int, max_note: int) -> tf.Tensor:
+  """Octave-shifts notes into [min_note, max_note) (note-seq's Melody.transpose)."""
+  return tf.where(
+      notes < min_note, min_note + tf.math.floormod(notes - min_note, _OCTAVE),
+      tf.where(notes >= max_note,
+               max_note - _OCTAVE + tf.math.floormod(notes - max_note, _OCTAVE), notes))
+
+
+def transpose_melodies(events: tf.Tensor, amount: tf.Tensor, min_note: int = 0,
+                       max_note: int = _NUM_PITCHES) -> tf.Tensor:
+  """Melody.transpose on [B, T]: notes moved by amount [B] and folded into
+  [min_note, max_note); no-event and note-off stay. transpose_melodies(e, -amount)
+  takes squashed events back to the caller's key and register (within 0..127)."""
+  moved = events + tf.cast(amount, events.dtype)[:, tf.newaxis]
+  return tf.where(events >= 0, fold_notes(moved, min_note, max_note), events)
+
+
 # --- Vectorised running state (TF has cumsum but no cummax / forward fill). ---------
 
 
@@ -74,29 +144,9 @@ def _positions(events: tf.Tensor) -> tf.Tensor:
   return tf.broadcast_to(tf.range(shape[1])[tf.newaxis, :], shape)
 
 
-def _binary_counters(positions: tf.Tensor, bits: int) -> tf.Tensor:
-  """note-seq's time counters for the *next* step: bit i of (t + 1) as +1/-1."""
-  n = positions + 1
-  out = [tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(n, i), 1), tf.float32) * 2. - 1.
-         for i in range(bits)]
-  return tf.stack(out, -1) if out else tf.zeros(tf.concat([tf.shape(n), [0]], 0))
-
-
 def _repeats(events: tf.Tensor, positions: tf.Tensor, distance: int) -> tf.Tensor:
   """events[t] == events[t - distance] (False where t < distance)."""
   return (positions >= distance) & tf.equal(events, _shift_right(events, distance, 0))
-
-
-def _key_matrix() -> tf.Tensor:
-  """[12 pitch classes, 12 major keys]: 1 where the key contains the pitch class."""
-  rows = [[1. if k in keys else 0. for k in range(_OCTAVE)] for keys in events_lib.NOTE_KEYS]
-  return tf.constant(rows, tf.float32)
-
-
-def _key_flags(pitch_class_hist: tf.Tensor) -> tf.Tensor:
-  """1.0 for every major key tied for most notes (all 1.0 when there are no notes)."""
-  key_hist = tf.tensordot(pitch_class_hist, _key_matrix(), 1)
-  return tf.cast(tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True)), tf.float32)
 
 
 # --- Drums. -------------------------------------------------------------------------
@@ -156,9 +206,8 @@ def squash_melodies(events: tf.Tensor, min_note: int, max_note: int,
   if transpose_to_key is None:
     amount = tf.zeros(tf.shape(events)[:1], tf.int64)
   else:
-    pitch_class = tf.one_hot(tf.math.floormod(events, _OCTAVE), _OCTAVE) * tf.cast(
-        is_note, tf.float32)[..., None]
-    key_hist = tf.tensordot(tf.reduce_sum(pitch_class, 1), _key_matrix(), 1)  # [B, 12]
+    key_hist = tf.tensordot(tf.reduce_sum(note_pitch_classes(events), 1), _key_matrix(),
+                            1)  # [B, 12]
     is_max = tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True))
     keys = tf.range(_OCTAVE, dtype=tf.int64)
     key = tf.reduce_min(tf.where(is_max, keys, tf.constant(_OCTAVE, tf.int64)), -1)
@@ -171,22 +220,11 @@ def squash_melodies(events: tf.Tensor, min_note: int, max_note: int,
     octaves = tf.cast(tf.round(centre_diff / _OCTAVE), tf.int64)
     amount = tf.where(tf.reduce_any(is_note, 1), key_diff + _OCTAVE * octaves,
                       tf.constant(0, tf.int64))
-  moved = events + amount[:, None]
-  folded = tf.where(
-      moved < min_note, min_note + tf.math.floormod(moved - min_note, _OCTAVE),
-      tf.where(moved >= max_note,
-               max_note - _OCTAVE + tf.math.floormod(moved - max_note, _OCTAVE), moved))
-  return tf.where(is_note, folded, events), amount
+  return transpose_melodies(events, amount, min_note, max_note), amount
 
 
 # --- Encoders on a padded [B, T] batch. Each returns (inputs [B, T, D], all_labels [B, T])
 # where all_labels[:, t] = events_to_label(events, t); encode() drops position 0. -----------
-
-
-def _melody_class(events: tf.Tensor, min_note: int) -> tf.Tensor:
-  """MelodyOneHotEncoding.encode_event: 0 no event, 1 note off, 2 + note - min_note."""
-  return tf.where(events < 0, events + configs.NUM_SPECIAL_MELODY_EVENTS,
-                  events - min_note + configs.NUM_SPECIAL_MELODY_EVENTS)
 
 
 def _one_hot_encode(classes: tf.Tensor, num_classes: int) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -203,7 +241,7 @@ def _lookback_encode(events: tf.Tensor, classes: tf.Tensor, num_classes: int,
   for distance in lookback_distances:  # the event that would repeat next
     parts.append(tf.one_hot(_shift_right(classes, distance - 1, default_class), num_classes,
                             dtype=tf.float32))
-  parts.append(_binary_counters(positions, binary_counter_bits))
+  parts.append(binary_counters(positions, binary_counter_bits))
   repeats = [_repeats(events, positions, d) for d in lookback_distances]
   parts.extend(tf.cast(r, tf.float32)[..., None] for r in repeats)
 
@@ -248,14 +286,11 @@ def _key_melody_encode(events: tf.Tensor, min_note: int, max_note: int,
   ]
   repeats = [_repeats(events, positions, d) for d in lookback_distances]
   parts.extend(tf.cast(r, tf.float32)[..., None] for r in repeats)
-  parts.append(_binary_counters(positions, binary_counter_bits))
-  parts.append(tf.cast(tf.equal((positions + 1) % configs.DEFAULT_STEPS_PER_BAR, 0),
-                       tf.float32)[..., None])
+  parts.append(binary_counters(positions, binary_counter_bits))
+  parts.append(bar_end(positions))
 
   # Key of everything so far: cumulative pitch-class counts.
-  pitch_class = tf.one_hot(tf.math.floormod(events, _OCTAVE), _OCTAVE) * tf.cast(
-      is_note, tf.float32)[..., None]
-  parts.append(_key_flags(tf.cumsum(pitch_class, axis=1)))
+  parts.append(key_flags(tf.cumsum(note_pitch_classes(events), axis=1)))
   # Key of the last 3 distinct notes: per pitch, its latest position; the 3 latest win.
   # Only the pitches that occur in the batch get a column (tf.unique), 3 spare never win.
   pitches, pitch_id = tf.unique(tf.reshape(events, [-1]))
@@ -264,10 +299,10 @@ def _key_melody_encode(events: tf.Tensor, min_note: int, max_note: int,
   last_seen = tf.transpose(_last_true_index(occurs), [0, 2, 1])  # [B, T, pitches]
   spare = -tf.ones(tf.concat([tf.shape(events), [_RECENT_NOTES]], 0), tf.int32)
   latest, column = tf.math.top_k(tf.concat([last_seen, spare], -1), _RECENT_NOTES)
-  recent_class = tf.gather(tf.concat([tf.math.floormod(pitches, _OCTAVE),
-                                      tf.zeros([_RECENT_NOTES], pitches.dtype)], 0), column)
-  recent = tf.one_hot(recent_class, _OCTAVE) * tf.cast(latest >= 0, tf.float32)[..., None]
-  parts.append(_key_flags(tf.reduce_sum(recent, 2)))
+  recent_notes = tf.gather(tf.concat([pitches, -tf.ones([_RECENT_NOTES], pitches.dtype)], 0),
+                           column)
+  recent_notes = tf.where(latest >= 0, recent_notes, tf.constant(-1, pitches.dtype))
+  parts.append(key_flags(tf.reduce_sum(note_pitch_classes(recent_notes), 2)))
 
   labels = tf.where(events == NOTE_OFF, tf.constant(note_range + 1, events.dtype),
                     tf.where(events == NO_EVENT, tf.constant(note_range, events.dtype),
@@ -303,7 +338,7 @@ def encode_batch(config: configs.ModelConfig, events: tf.Tensor,
     if squash:
       events, amount = squash_melodies(events, config.min_note, config.max_note,
                                        config.transpose_to_key)
-    classes = _melody_class(events, config.min_note)
+    classes = melody_class(events, config.min_note)
     one_hot_size = config.max_note - config.min_note + configs.NUM_SPECIAL_MELODY_EVENTS
     if config.encoding == configs.ENCODING_MELODY_ONE_HOT:
       inputs, labels = _one_hot_encode(classes, one_hot_size)

@@ -6,7 +6,9 @@ Signatures:
       'lengths': int64 [batch], 'transpose_amount': int64 [batch]}
     Raw ExampleGen tf.Examples in (no labels needed: the embedded Transform graph
     encodes the events); probabilities[b, t] is the distribution of event t + 1
-    given events 0..t, for t < lengths[b] (later steps are padding).
+    given events 0..t, for t < lengths[b] (later steps are padding). Events out of
+    range or drum counts that do not match the pitches fail with one
+    InvalidArgumentError naming the feature (check_raw_events), here and in evaluate.
   model_config() -> {'config_json': tf.string scalar}: ModelConfig.to_json(hparams).
   evaluate(examples: tf.string [None]) -> per-example float32 [batch] sums over the real
     steps ('xent', 'steps', 'correct', 'events', ...: model.STAT_NAMES), which the
@@ -22,7 +24,7 @@ only TensorFlow: tf.saved_model.load(path).signatures['serving_default'](example
 
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import numpy as np
 import tensorflow as tf
@@ -30,9 +32,11 @@ import tensorflow_transform as tft
 
 from music_rnn import compact
 from music_rnn import configs
+from music_rnn import events as events_lib
 from music_rnn import features
 from music_rnn import generation
 from music_rnn import model as model_lib
+from music_rnn import preprocessing
 
 SERVING_SIGNATURE = 'serving_default'
 CONFIG_SIGNATURE = 'model_config'
@@ -84,6 +88,62 @@ def _fit_width(x: tf.Tensor, width) -> tf.Tensor:
   return tf.pad(x, pad)
 
 
+def _rows(x) -> tf.RaggedTensor:
+  """A parsed per-example list feature (VarLen sparse, ragged or dense) as [B, None],
+  by the converter the Transform graph itself uses."""
+  return preprocessing._to_ragged(x)  # pylint: disable=protected-access
+
+
+def _check(fn: str, feature: str, ok: tf.Tensor, what: str, values,
+           got: str = '{}') -> tf.Operation:
+  """Fails with '<fn>: <feature> must <what>; got <got formatted with values>' unless ok."""
+  return tf.debugging.Assert(ok, [tf.strings.format(
+      f'{fn}: {feature} must {what}; got {got}', values, summarize=5)],
+                             name=f'check_{feature}')
+
+
+def _out_of_range(values: tf.Tensor, low: int, high: int) -> tf.Tensor:
+  """The values outside [low, high]."""
+  return tf.boolean_mask(values, (values < low) | (values > high))
+
+
+def check_raw_events(fn: str, kind: str, parsed: Dict[str, Any]) -> List[tf.Operation]:
+  """Raw event features of a request, checked before the Transform graph encodes them
+  (which would quietly turn bad values into wrong inputs): one InvalidArgumentError
+  naming the feature and the offending values (the checks run one after another).
+
+  Melody: events in [-2, 127]. Drums: pitches in [0, 127], per-step counts >= 0 and,
+  per example, adding up to the number of pitches.
+  """
+  top = events_lib.NUM_MIDI_PITCHES - 1
+  if kind == configs.MELODY:
+    bad = _out_of_range(_rows(parsed[features.MELODY_EVENTS]).flat_values,
+                        configs.MELODY_NO_EVENT, top)
+    return [_check(fn, features.MELODY_EVENTS, tf.size(bad) == 0,
+                   f'hold -2 (no event), -1 (note off) or MIDI pitches 0..{top}', [bad])]
+  pitches = _rows(parsed[features.DRUM_PITCHES])
+  counts = _rows(parsed[features.DRUM_PITCH_COUNTS])
+  bad = _out_of_range(pitches.flat_values, 0, top)
+  checks = [_check(fn, features.DRUM_PITCHES, tf.size(bad) == 0,
+                   f'hold MIDI pitches 0..{top}', [bad])]
+  with tf.control_dependencies(checks):
+    negative = tf.boolean_mask(counts.flat_values, counts.flat_values < 0)
+    checks.append(_check(fn, features.DRUM_PITCH_COUNTS, tf.size(negative) == 0,
+                         'be >= 0', [negative]))
+  with tf.control_dependencies(checks):
+    batch = counts.nrows()
+    added = tf.math.unsorted_segment_sum(counts.flat_values, counts.value_rowids(), batch)
+    given = tf.math.unsorted_segment_sum(tf.ones_like(pitches.flat_values),
+                                         pitches.value_rowids(), batch)
+    first = tf.where(tf.not_equal(added, given))[:1, 0]  # the first inconsistent example
+    checks.append(_check(
+        fn, features.DRUM_PITCH_COUNTS, tf.size(first) == 0,
+        f'add up to the number of {features.DRUM_PITCHES} of the example',
+        [tf.reduce_sum(tf.gather(x, first)) for x in (added, given)] + [
+            tf.reduce_sum(first)], got='{} for {} pitches in example {}'))
+  return checks
+
+
 def model_inputs(transformed: Dict[str, Any], num_blocks: int, all_steps: bool = False):
   """Transform's compact features of a batch -> (model inputs, labels int32 [B, S]).
 
@@ -125,9 +185,15 @@ class ServingModule(tf.Module):
     config_json = self.config_json
     no_event_label = config.no_event_label
 
+    def parse(fn, examples):
+      """Parsed raw features, their events checked (check_raw_events) first."""
+      parsed = tf.io.parse_example(examples, spec)
+      with tf.control_dependencies(check_raw_events(fn, config.kind, parsed)):
+        return tf.nest.map_structure(tf.identity, parsed, expand_composites=True)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name='examples')])
     def serve(examples):
-      transformed = tft_layer(tf.io.parse_example(examples, spec))
+      transformed = tft_layer(parse(SERVING_SIGNATURE, examples))
       x, _ = model_inputs(transformed, num_blocks, all_steps=True)
       logits = model(x, training=False)
       return {
@@ -141,7 +207,7 @@ class ServingModule(tf.Module):
       """Per-example sums (model_lib.STAT_NAMES) on the labels Transform derives from
       the events, and their unigram baseline: TFMA adds them up into the Trainer's
       metrics (music_rnn/evaluation)."""
-      transformed = tft_layer(tf.io.parse_example(examples, spec))
+      transformed = tft_layer(parse(EVALUATE_SIGNATURE, examples))
       x, labels = model_inputs(transformed, num_blocks)
       logits = model(x, training=False)
       mask = model_lib.sequence_mask(x[model_lib.LENGTHS], tf.shape(labels)[1])

@@ -21,6 +21,10 @@ tf.while_loops:
   - The sampling loop is XLA-compiled by default (`jit_compile`): per step it fuses
     the ~100 small ops whose fixed cost dominates at batch 1.
 
+Requests are bounded (music_rnn/limits.py: events per row and in all rows), checked
+in the graph with the other arguments: a bad request is one InvalidArgumentError that
+says what is wrong, never a loop that runs until it is killed.
+
 Event values are Magenta's: melodies -2 no event, -1 note off, 0..127 note on; drums
 the MultiDrumOneHotEncoding class index 0..511. Melody primers are squashed into the
 model's range (transpose_to_key) and the continuation is transposed back, as Magenta's
@@ -35,6 +39,7 @@ import tensorflow as tf
 from music_rnn import configs
 from music_rnn import encoding
 from music_rnn import events as events_lib
+from music_rnn import limits
 from music_rnn import model as model_lib
 
 NO_EVENT = configs.MELODY_NO_EVENT
@@ -67,12 +72,9 @@ def read_lookbacks(read, t, lookbacks: Sequence[int], default):
           for d in lookbacks]
 
 
-def _counter_bits(t, bits: int, batch) -> tf.Tensor:
-  """note-seq's binary counters for position t (bits of t + 1 as +1/-1), [B, bits]."""
-  shifts = tf.range(bits)
-  on = tf.bitwise.bitwise_and(tf.bitwise.right_shift(t + 1, shifts), 1)
-  row = tf.cast(on, tf.float32) * 2. - 1.
-  return tf.broadcast_to(row[tf.newaxis], [batch, bits])
+def _per_row(column, batch) -> tf.Tensor:
+  """A row of position columns for scalar t ([D]) repeated for every row: [B, D]."""
+  return tf.broadcast_to(column[tf.newaxis], tf.stack([batch, tf.shape(column)[0]]))
 
 
 class _StepEncoder:
@@ -120,19 +122,11 @@ class _LookbackEncoder(_StepEncoder):
 
   def _class(self, event):
     event = tf.cast(event, tf.int32)
-    if self.drums:
-      return event
-    # MelodyOneHotEncoding: 0 no event, 1 note off, 2 + note - min_note.
-    return tf.where(event < 0, event + configs.NUM_SPECIAL_MELODY_EVENTS,
-                    event - self.min_note + configs.NUM_SPECIAL_MELODY_EVENTS)
+    return event if self.drums else encoding.melody_class(event, self.min_note)
 
   def _event(self, label):
     label = tf.cast(label, tf.int64)
-    if self.drums:
-      return label
-    return tf.where(label < configs.NUM_SPECIAL_MELODY_EVENTS,
-                    label - configs.NUM_SPECIAL_MELODY_EVENTS,
-                    label - configs.NUM_SPECIAL_MELODY_EVENTS + self.min_note)
+    return label if self.drums else encoding.melody_class_to_event(label, self.min_note)
 
   def step(self, state, event, t, back):
     batch = tf.shape(event)[0]
@@ -145,7 +139,7 @@ class _LookbackEncoder(_StepEncoder):
       hot.append(self._class(next_repeat) + (i + 1) * self.one_hot_size)
       repeats.append((t >= d) & tf.equal(event, previous))
     if self.bits:
-      dense.append(_counter_bits(t, self.bits, batch))
+      dense.append(_per_row(encoding.binary_counters(t, self.bits), batch))
     dense.extend(tf.cast(r, tf.float32)[:, tf.newaxis] for r in repeats)
     dense = tf.concat(dense, 1) if dense else tf.zeros([batch, 0])
     return state, tf.stack(hot, 1), dense, upcoming
@@ -155,18 +149,6 @@ class _LookbackEncoder(_StepEncoder):
     for i, repeated in enumerate(lookback_events):
       event = tf.where(tf.equal(label, self.one_hot_size + i), repeated, event)
     return event
-
-
-def _key_matrix() -> tf.Tensor:
-  """[12 pitch classes, 12 major keys]: 1 where the key contains the pitch class."""
-  rows = [[1. if k in keys else 0. for k in range(_OCTAVE)] for keys in events_lib.NOTE_KEYS]
-  return tf.constant(rows, tf.float32)
-
-
-def _key_flags(pitch_class_hist) -> tf.Tensor:
-  """1.0 for every major key tied for most notes (all 1.0 when there are none)."""
-  key_hist = tf.matmul(pitch_class_hist, _key_matrix())
-  return tf.cast(tf.equal(key_hist, tf.reduce_max(key_hist, -1, keepdims=True)), tf.float32)
 
 
 class _KeyMelodyEncoder(_StepEncoder):
@@ -211,8 +193,7 @@ class _KeyMelodyEncoder(_StepEncoder):
     shifted = tf.stack([tf.where(slot > 0, recent[:, 0], recent[:, 1]),
                         tf.where(slot > 1, recent[:, 1], recent[:, 2]), event], 1)
     recent = tf.where(is_note[:, tf.newaxis], shifted, recent)
-    histogram += tf.one_hot(tf.math.floormod(event, _OCTAVE), _OCTAVE) * tf.cast(
-        is_note, tf.float32)[:, tf.newaxis]
+    histogram += encoding.note_pitch_classes(event)
 
     # note-seq tests `if current_note:`, so pitch 0 counts as silence.
     playing = last_sound > 0
@@ -226,13 +207,10 @@ class _KeyMelodyEncoder(_StepEncoder):
       repeat = (t >= d) & tf.equal(event, previous)
       dense.append(tf.cast(repeat, tf.float32)[:, tf.newaxis])
     if self.bits:
-      dense.append(_counter_bits(t, self.bits, batch))
-    bar_end = tf.cast(tf.equal((t + 1) % configs.DEFAULT_STEPS_PER_BAR, 0), tf.float32)
-    dense.append(tf.fill([batch, 1], bar_end))
-    dense.append(_key_flags(histogram))
-    recent_classes = tf.one_hot(tf.math.floormod(recent, _OCTAVE), _OCTAVE) * tf.cast(
-        recent >= 0, tf.float32)[..., tf.newaxis]
-    dense.append(_key_flags(tf.reduce_sum(recent_classes, 1)))
+      dense.append(_per_row(encoding.binary_counters(t, self.bits), batch))
+    dense.append(_per_row(encoding.bar_end(t), batch))
+    dense.append(encoding.key_flags(histogram))
+    dense.append(encoding.key_flags(tf.reduce_sum(encoding.note_pitch_classes(recent), 1)))
     state = (last_sound, attack, ascending, last_note, recent, histogram)
     return state, hot[:, tf.newaxis], tf.concat(dense, 1), upcoming
 
@@ -323,14 +301,6 @@ def _sample(logits, temperature, seed, position):
   return labels, log_probs
 
 
-def _fold(notes, min_note: int, max_note: int):
-  """Octave-shifts notes into [min_note, max_note) (note-seq's Melody.transpose)."""
-  return tf.where(notes < min_note, min_note + tf.math.floormod(notes - min_note, _OCTAVE),
-                  tf.where(notes >= max_note,
-                           max_note - _OCTAVE + tf.math.floormod(notes - max_note, _OCTAVE),
-                           notes))
-
-
 # --- The module. ----------------------------------------------------------------------
 
 PRIMER_SPEC = tf.TensorSpec([None, None], tf.int64, name='primer')
@@ -404,10 +374,37 @@ class Generator(tf.Module):
           name=f'check_{name}_values'))
     return checks
 
-  def _check_args(self, fn: str, num_steps, temperature):
-    return [
-        tf.debugging.Assert(num_steps >= 1, [tf.strings.format(
-            f'{fn}: num_steps must be >= 1; got {{}}', [num_steps])], name='check_num_steps'),
+  def _check_size(self, fn: str, name: str, events, num_steps):
+    """The request bounds (limits.py), so a huge request fails at once instead of
+    running until it is killed: events per row (the given ones included), then in all
+    rows. int64 sums: an int32 num_steps near 2**31 must not wrap around."""
+    rows = tf.cast(tf.shape(events)[0], tf.int64)
+    given = tf.cast(tf.shape(events)[1], tf.int64)
+    length = given + tf.cast(num_steps, tf.int64)
+    per_row = tf.debugging.Assert(length <= limits.MAX_NUM_STEPS, [tf.strings.format(
+        f'{fn}: a sequence may have at most {limits.MAX_NUM_STEPS} events '
+        f'(limits.MAX_NUM_STEPS), {name} included; got {{}} + num_steps {{}}',
+        [given, num_steps])], name='check_max_length')
+    with tf.control_dependencies([per_row]):
+      in_all_rows = tf.debugging.Assert(rows * length <= limits.MAX_TOTAL_STEPS, [
+          tf.strings.format(
+              f'{fn}: a request may have at most {limits.MAX_TOTAL_STEPS} events in all '
+              f'rows (limits.MAX_TOTAL_STEPS); got {{}} rows x {{}} events', [rows, length])],
+          name='check_max_total')
+    return [per_row, in_all_rows]
+
+  def _check_args(self, fn: str, name: str, events, num_steps, temperature):
+    """num_steps in [1, MAX_NUM_STEPS] (checked in that order: one error), the size
+    bounds, temperature > 0."""
+    at_least_one = tf.debugging.Assert(num_steps >= 1, [tf.strings.format(
+        f'{fn}: num_steps must be >= 1; got {{}}', [num_steps])], name='check_num_steps')
+    with tf.control_dependencies([at_least_one]):
+      at_most = tf.debugging.Assert(num_steps <= limits.MAX_NUM_STEPS, [tf.strings.format(
+          f'{fn}: num_steps must be <= {limits.MAX_NUM_STEPS} (limits.MAX_NUM_STEPS); '
+          'got {}', [num_steps])], name='check_max_num_steps')
+    with tf.control_dependencies([at_most]):
+      size = self._check_size(fn, name, events, num_steps)
+    return [at_least_one, at_most] + size + [
         tf.debugging.Assert(temperature > 0, [tf.strings.format(
             f'{fn}: temperature must be > 0; got {{}}', [temperature])],
                             name='check_temperature'),
@@ -540,7 +537,7 @@ class Generator(tf.Module):
     log_likelihood: sum of the log-probabilities (at `temperature`) of the sampled events.
     """
     checks = self._check_events('generate', 'primer', primer, model_space=False)
-    checks += self._check_args('generate', num_steps, temperature)
+    checks += self._check_args('generate', 'primer', primer, num_steps, temperature)
     with tf.control_dependencies(checks):
       primer, num_steps, temperature = (tf.identity(x) for x in (primer, num_steps,
                                                                   temperature))
@@ -548,13 +545,14 @@ class Generator(tf.Module):
     out, _, log_likelihood = self._run(events, None, num_steps, temperature, seed)
     new = out[:, tf.shape(primer)[1]:]
     if self.melody:  # back to the primer's key and octave (Melody.transpose(-amount))
-      new = tf.where(new >= 0, _fold(new - amount[:, tf.newaxis], 0, _NUM_PITCHES), new)
+      new = encoding.transpose_melodies(new, -amount)
     return {'events': tf.concat([primer, new], 1), 'log_likelihood': log_likelihood}
 
   def _prime(self, primer):
     """primer [B, T] -> {'events': model-space [B, T], 'transpose_amount': [B],
     'state': [B, S]}: the state after all but the last primer event."""
     checks = self._check_events('prime', 'primer', primer, model_space=False)
+    checks += self._check_size('prime', 'primer', primer, 0)
     with tf.control_dependencies(checks):
       primer = tf.identity(primer)
     events, amount = self._to_model_space(primer)
@@ -565,7 +563,7 @@ class Generator(tf.Module):
     """Model-space events [B, T] and their state -> {'events': [B, T + num_steps],
     'state', 'log_likelihood': [B] of the new events}."""
     checks = self._check_events('extend', 'events', events, model_space=True)
-    checks += self._check_args('extend', num_steps, temperature)
+    checks += self._check_args('extend', 'events', events, num_steps, temperature)
     checks.append(tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(state), [tf.shape(events)[0], self.state_size])),
         [tf.strings.format(f'extend: state must have shape [batch, {self.state_size}] (from '

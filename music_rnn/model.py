@@ -150,7 +150,8 @@ class AttentionLSTMCell(keras.layers.Layer):
 #     'query_bias', 'attn_w', 'attn_v', 'out', 'out_bias';
 #   other layers: 'kernel' [U_in, 4U], 'recurrent' [U, 4U], 'bias' [4U].
 # State: per layer (h, c); the attention layer also (attention vector [B, U],
-# window [B, L, U] oldest first, keys [B, L, U] = window @ attn_w).
+# window [B, L, U] oldest first, keys [B, L, U] = window @ attn_w). (The training loop,
+# `layer_forward`, keeps window and keys as rings [L, B, U] instead.)
 
 
 def lstm_gates(z, c):
@@ -160,11 +161,55 @@ def lstm_gates(z, c):
   return tf.sigmoid(o) * tf.tanh(c), c
 
 
+def lstm_cell(zx, state, weights):
+  """lstm_step, also returning what the backward pass keeps: (z,)."""
+  h, c = state
+  z = zx + tf.matmul(h, weights['recurrent'])
+  h, c = lstm_gates(z, c)
+  return h, (h, c), (z,)
+
+
+def attention_cell(zx, state, weights, ring_slot=None):
+  """attention_step, also returning what the backward pass keeps: (z, query, softmax
+  weights).
+
+  ring_slot None: window and keys [B, L, U] oldest first (attention_step's state). Else
+  they are a ring [L, B, U] whose slot `ring_slot` takes the new output, in place under
+  XLA (the training loop: the softmax over the slots and the weighted sum do not depend
+  on the slots' order).
+  """
+  h, c, attn, window, keys = state
+  w = weights
+  axis = 1 if ring_slot is None else 0  # the window's slot axis
+  z = zx + tf.matmul(tf.concat([attn, h], 1), w['recurrent'])
+  h, c = lstm_gates(z, c)
+  query = tf.matmul(tf.concat([c, h], 1), w['query']) + w['query_bias']
+  scores = tf.reduce_sum(w['attn_v'] * tf.tanh(keys + tf.expand_dims(query, axis)), 2)
+  probs = tf.nn.softmax(scores, axis=axis)
+  attn = tf.reduce_sum(probs[..., tf.newaxis] * window, axis)
+  out = tf.matmul(tf.concat([h, attn], 1), w['out']) + w['out_bias']
+  key = tf.matmul(out, w['attn_w'])
+  if ring_slot is None:
+    window, keys = _push(window, out), _push(keys, key)
+  else:
+    window, keys = _ring_write(window, ring_slot, out), _ring_write(keys, ring_slot, key)
+  return out, (h, c, attn, window, keys), (z, query, probs)
+
+
+def _push(window, vector):
+  """window [B, L, N] oldest first, with `vector` [B, N] in and the oldest out."""
+  return tf.concat([window[:, 1:], vector[:, tf.newaxis]], 1)
+
+
+def _ring_write(ring, slot, vector):
+  """ring [L, B, N] with ring[slot] = vector [B, N] (an in-place dynamic-update-slice
+  on a loop carry under XLA)."""
+  return tf.tensor_scatter_nd_update(ring, tf.reshape(slot, [1, 1]), vector[tf.newaxis])
+
+
 def lstm_step(zx, state, weights):
   """zx = x W + b for this step [B, 4U]; state (h, c) -> (output, new state)."""
-  h, c = state
-  h, c = lstm_gates(zx + tf.matmul(h, weights['recurrent']), c)
-  return h, (h, c)
+  return lstm_cell(zx, state, weights)[:2]
 
 
 def attention_step(zx, state, weights):
@@ -174,16 +219,7 @@ def attention_step(zx, state, weights):
   the attention vector's part, a (Wp_a Wx), is left for the loop. Keys of the window
   are carried: each output is multiplied by attn_w once, when it enters the window.
   """
-  h, c, attn, window, keys = state
-  w = weights
-  h, c = lstm_gates(zx + tf.matmul(tf.concat([attn, h], 1), w['recurrent']), c)
-  query = tf.matmul(tf.concat([c, h], 1), w['query']) + w['query_bias']
-  scores = tf.reduce_sum(w['attn_v'] * tf.tanh(keys + query[:, tf.newaxis]), 2)
-  attn = tf.einsum('bl,blu->bu', tf.nn.softmax(scores), window)
-  out = tf.matmul(tf.concat([h, attn], 1), w['out']) + w['out_bias']
-  window = tf.concat([window[:, 1:], out[:, tf.newaxis]], 1)
-  keys = tf.concat([keys[:, 1:], tf.matmul(out, w['attn_w'])[:, tf.newaxis]], 1)
-  return out, (h, c, attn, window, keys)
+  return attention_cell(zx, state, weights)[:2]
 
 
 def is_attention(weights) -> bool:
@@ -232,78 +268,233 @@ def zero_layer_state(weights, batch, dtype):
   return tuple(state)
 
 
-def _layer_loop(weights, zx, state):
-  """run_layer's tf.while_loop (see there)."""
-  step = layer_step(weights)
-  zx = tf.transpose(zx, [1, 0, 2])
-  num_steps = tf.shape(zx)[0]
-  inputs = tf.TensorArray(zx.dtype, size=num_steps, element_shape=zx.shape[1:]).unstack(zx)
+# --- Training: the layer loops, with a hand-written backward pass. ----------------
+#
+# Autodiff of a tf.while_loop pushes every intermediate the backward needs onto a stack
+# at every step (for attention the whole window, its keys and tanh(keys + query), each
+# [B, L, U]) and accumulates the weight gradients step by step in small matmuls. Here
+# the forward loop keeps only per-step vectors (pre-activations z, cell c, output,
+# attention vector, query, softmax weights); the backward loop carries the state
+# gradients and rebuilds the window from the kept outputs; every weight gradient is one
+# matmul over all steps after it. All tensors below are time-major [T, B, ...].
+
+# The loop's own weights (the rest of a layer's weights act outside it, through zx).
+LOOP_WEIGHTS = ('recurrent', 'query', 'query_bias', 'attn_w', 'attn_v', 'out', 'out_bias')
+
+
+def _loop(body, inputs, carry, shapes, reverse=False):
+  """carry, outputs_t = body(t, inputs_t, carry) for every step (last to first if
+  `reverse`) in one tf.while_loop. inputs: time-major tensors; shapes: each output's
+  per-step shape. Returns (final carry, time-major stacked outputs)."""
+  num_steps = tf.shape(inputs[0])[0]
+  reads = [tf.TensorArray(x.dtype, size=num_steps, element_shape=x.shape[1:]).unstack(x)
+           for x in inputs]
+  writes = [tf.TensorArray(inputs[0].dtype, size=num_steps, element_shape=shape)
+            for shape in shapes]
+
+  def step(i, carry, writes):
+    t = num_steps - 1 - i if reverse else i
+    carry, outputs = body(t, [r.read(t) for r in reads], carry)
+    return i + 1, carry, [w.write(t, o) for w, o in zip(writes, outputs)]
+
+  # parallel_iterations (as Keras's RNN loop): lets TF overlap independent work of
+  # nearby iterations; XLA ignores it.
+  _, carry, writes = tf.while_loop(lambda i, *_: i < num_steps, step,
+                                   (tf.constant(0), carry, writes),
+                                   maximum_iterations=num_steps, parallel_iterations=32)
+  return carry, [w.stack() for w in writes]
+
+
+def _shift_down(x):
+  """x_{t-1} for every t (zeros at t = 0): [T, ...] -> [T, ...]."""
+  return tf.concat([tf.zeros_like(x[:1]), x[:-1]], 0)
+
+
+def _lagged(x, lag):
+  """x_{t-lag} for every t (zeros for t < lag)."""
+  return tf.pad(x, [[lag, 0]] + [[0, 0]] * (x.shape.rank - 1))[:tf.shape(x)[0]]
+
+
+def _outer_sum(a, b):
+  """sum over t and b of a[t, b]^T b[t, b]: [T, B, M], [T, B, N] -> [M, N], one matmul."""
+  return tf.matmul(tf.reshape(a, [-1, a.shape[-1]]), tf.reshape(b, [-1, b.shape[-1]]),
+                   transpose_a=True)
+
+
+def _split2(x):
+  return tf.split(x, 2, axis=-1)
+
+
+def layer_forward(weights, zx):
+  """The layer over all steps from the zero state: (outputs [T, B, U], kept tensors)."""
+  attention = is_attention(weights)
   units = weights['recurrent'].shape[-1] // 4
-  outputs = tf.TensorArray(zx.dtype, size=num_steps,
-                           element_shape=tf.TensorShape([zx.shape[1], units]))
+  batch = zx.shape[1]
+  shapes = [[batch, units]] * 2 + [[batch, 4 * units]]  # out, c, z
+  if attention:  # h, attention vector, query, softmax weights [L, B]
+    shapes += [[batch, units]] * 3 + [[weights['attn_length'], batch]]
 
-  def body(t, state, outputs):
-    out, state = step(inputs.read(t), state, weights)
-    return t + 1, state, outputs.write(t, out)
+  def body(t, inputs, state):
+    if not attention:
+      out, state, (z,) = lstm_cell(inputs[0], state, weights)
+      return state, [out, state[1], z]
+    # The window as a ring [L, B, U]: step t's output goes to slot t mod L.
+    out, state, (z, query, probs) = attention_cell(inputs[0], state, weights,
+                                                   t % weights['attn_length'])
+    return state, [out, state[1], z, state[0], state[2], query, probs]
 
-  # parallel_iterations (as Keras's RNN loop): TF overlaps independent work of nearby
-  # iterations (the backward loop's weight-gradient accumulation); measured faster than
-  # the default 10 on 2 cores. XLA ignores it.
-  _, state, outputs = tf.while_loop(lambda t, *_: t < num_steps, body,
-                                    (tf.constant(0), tuple(state), outputs),
-                                    maximum_iterations=num_steps, parallel_iterations=32)
-  return tf.transpose(outputs.stack(), [1, 0, 2]), state
+  state = zero_layer_state(weights, tf.shape(zx)[1], zx.dtype)
+  if attention:  # window and keys as rings
+    state = state[:3] + tuple(tf.transpose(s, [1, 0, 2]) for s in state[3:])
+  state, kept = _loop(body, [zx], state, shapes)
+  if attention:
+    kept += list(state[3:])  # the final window and keys, for the backward to rewind
+  return kept[0], kept
+
+
+def _gate_factors(z, c):
+  """Per-step factors of the LSTM backward, from the kept z and c (all steps at once):
+  dz = [dc, dc, dc, dh] * factors, dc += dh * out_factor, dc_prev = dc * forget."""
+  i, f, g, o = tf.split(z, 4, axis=-1)
+  i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+  tanh_c = tf.tanh(c)
+  factors = tf.concat([g * i * (1 - i), _shift_down(c) * f * (1 - f), i * (1 - g * g),
+                       tanh_c * o * (1 - o)], -1)
+  return factors, o * (1 - tanh_c * tanh_c), f
+
+
+def _lstm_dz(dh, dc, factors, out_factor):
+  """dz_t and dc_t from the step's full dh and the dc coming back from step t + 1."""
+  dc = dc + dh * out_factor
+  return tf.concat([dc, dc, dc, dh], -1) * factors, dc
+
+
+def lstm_backward(weights, kept, d_outputs):
+  """Gradients of a plain LSTM layer's outputs: (d zx, {'recurrent': ...})."""
+  outputs, c, z = kept
+  recurrent = weights['recurrent']
+
+  def body(t, inputs, carry):
+    d_out, factors, out_factor, forget = inputs
+    del t  # unused
+    dh, dc = carry
+    dz, dc = _lstm_dz(d_out + dh, dc, factors, out_factor)
+    return (tf.matmul(dz, recurrent, transpose_b=True), dc * forget), [dz]
+
+  zeros = tf.zeros_like(d_outputs[0])
+  _, (dz,) = _loop(body, [d_outputs, *_gate_factors(z, c)], (zeros, zeros),
+                   [z.shape[1:]], reverse=True)
+  return dz, {'recurrent': _outer_sum(_shift_down(outputs), dz)}
+
+
+def _attention_scores_backward(weights, d_attn, probs, query, window, keys):
+  """Gradients of attn = softmax(v . tanh(keys + query)) @ window w.r.t. the window's
+  slots [L, B, U] (a ring), keys [L, B, U] and query [B, U], and the step's d attn_v."""
+  tanh = tf.tanh(keys + query)
+  d_probs = tf.reduce_sum(window * d_attn, 2)
+  d_scores = probs * (d_probs - tf.reduce_sum(probs * d_probs, 0, keepdims=True))
+  d_keys = d_scores[..., tf.newaxis] * weights['attn_v'] * (1 - tanh * tanh)
+  d_window = probs[..., tf.newaxis] * d_attn
+  d_v = tf.reduce_sum(d_scores[..., tf.newaxis] * tanh, [0, 1])
+  return d_window, d_keys, tf.reduce_sum(d_keys, 0), d_v
+
+
+def _attention_backward_loop(weights, kept, d_outputs):
+  """The reverse loop of attention_backward: per step dz, d query, d out (all of it:
+  the loss's and the later steps' attention reads) and the keys' gradient."""
+  outputs, c, z, _, _, query, probs, window, keys = kept
+  w = weights
+  length = w['attn_length']
+
+  def body(t, inputs, carry):
+    d_out, factors, out_factor, forget, query, probs, old_out, old_key = inputs
+    dh, dc, d_attn, d_window, d_keys, d_v, window, keys = carry
+    slot = t % length  # of this step's output, in the ring (see layer_forward)
+    # This step's output got its window gradients from the L steps after it.
+    d_key = tf.gather(d_keys, slot)  # a dynamic slice (indexing would pad under XLA)
+    d_out += tf.gather(d_window, slot) + tf.matmul(d_key, w['attn_w'], transpose_b=True)
+    dh_out, d_attn_out = _split2(tf.matmul(d_out, w['out'], transpose_b=True))
+    # The window as step t saw it: the output L steps back instead of its own.
+    window = _ring_write(window, slot, old_out)
+    keys = _ring_write(keys, slot, old_key)
+    step_window, step_keys, d_query, d_v_step = _attention_scores_backward(
+        w, d_attn + d_attn_out, probs, query, window, keys)
+    dc_query, dh_query = _split2(tf.matmul(d_query, w['query'], transpose_b=True))
+    dz, dc = _lstm_dz(dh + dh_out + dh_query, dc + dc_query, factors, out_factor)
+    d_attn, dh = _split2(tf.matmul(dz, w['recurrent'], transpose_b=True))
+    none = tf.zeros_like(old_out)  # the slot now gathers the older output's gradients
+    carry = (dh, dc * forget, d_attn, _ring_write(d_window, slot, none) + step_window,
+             _ring_write(d_keys, slot, none) + step_keys, d_v + d_v_step, window, keys)
+    return carry, [dz, d_query, d_out, d_key]
+
+  zeros = tf.zeros_like(d_outputs[0])
+  units = zeros.shape[-1]
+  carry = (zeros, zeros, zeros, tf.zeros_like(window), tf.zeros_like(keys),
+           tf.zeros_like(w['attn_v']), window, keys)
+  inputs = [d_outputs, *_gate_factors(z, c), query, probs, _lagged(outputs, length),
+            _lagged(_matmul_last(outputs, w['attn_w']), length)]
+  shapes = [z.shape[1:]] + [outputs.shape[1:]] * 3
+  carry, grads = _loop(body, inputs, carry, shapes, reverse=True)
+  return grads, carry[5]
+
+
+def attention_backward(weights, kept, d_outputs):
+  """Gradients of the attention layer's outputs: (d zx, loop weights' gradients)."""
+  outputs, c, _, h, attn = kept[:5]
+  (dz, d_query, d_out, d_key), d_v = _attention_backward_loop(weights, kept, d_outputs)
+  return dz, {
+      'recurrent': _outer_sum(_shift_down(tf.concat([attn, h], -1)), dz),
+      'query': _outer_sum(tf.concat([c, h], -1), d_query),
+      'query_bias': tf.reduce_sum(d_query, [0, 1]),
+      'out': _outer_sum(tf.concat([h, attn], -1), d_out),
+      'out_bias': tf.reduce_sum(d_out, [0, 1]),
+      'attn_w': _outer_sum(outputs, d_key),
+      'attn_v': d_v,
+  }
+
+
+def _layer_backward(weights, kept, d_outputs):
+  backward = attention_backward if is_attention(weights) else lstm_backward
+  return backward(weights, kept, d_outputs)
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _xla_layer_outputs(weights, zx, state):
-  return _layer_loop(weights, zx, state)[0]
+def _xla_forward(weights, zx):
+  return layer_forward(weights, zx)
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _xla_layer_gradients(weights, zx, state, d_outputs):
-  """Gradients of run_layer's outputs w.r.t. (zx, weights): the forward loop recomputed
-  and differentiated inside one XLA cluster (TF cannot pass the loop's TensorList
-  accumulators from an XLA forward to a separate backward)."""
-  tensors = {k: v for k, v in weights.items() if isinstance(v, tf.Tensor)}
-  with tf.GradientTape() as tape:
-    tape.watch([zx, tensors])
-    outputs, _ = _layer_loop({**weights, **tensors}, zx, state)
-  return tape.gradient(outputs, [zx, tensors], output_gradients=d_outputs)
+def _xla_backward(weights, kept, d_outputs):
+  return _layer_backward(weights, kept, d_outputs)
 
 
-def _xla_layer(weights, zx, state):
-  """run_layer's outputs with the loop and its gradient XLA-compiled (recomputing the
-  forward loop in the backward pass)."""
-  names = sorted(k for k, v in weights.items() if isinstance(v, tf.Tensor))
-  others = {k: v for k, v in weights.items() if k not in names}
+def run_layer(weights, zx, jit_compile: bool = False):
+  """Runs a layer over zx [B, T, 4U] from the zero state: outputs [B, T, U].
+
+  Forward: a tf.while_loop whose iterations are the layer's step (`lstm_cell`,
+  `attention_cell`: the recurrent matmul(s) and gates only); backward: the hand-written
+  loop above. `jit_compile`: forward and backward each as an XLA cluster, for a train
+  step that is not XLA-compiled itself.
+  """
+  names = [k for k in LOOP_WEIGHTS if k in weights]
+  static = {k: v for k, v in weights.items() if not isinstance(v, tf.Tensor)}
+  forward, backward = ((_xla_forward, _xla_backward) if jit_compile else
+                       (layer_forward, _layer_backward))
 
   @tf.custom_gradient
   def layer(zx, *tensors):
-    w = {**others, **dict(zip(names, tensors))}
+    # stop_gradient: no tape records the loops themselves (it would make TF keep their
+    # intermediates for autodiff); `grad` is the gradient.
+    w = {**static, **{k: tf.stop_gradient(v) for k, v in zip(names, tensors)}}
+    outputs, kept = forward(w, tf.transpose(tf.stop_gradient(zx), [1, 0, 2]))
 
     def grad(d_outputs):
-      d_zx, d_w = _xla_layer_gradients(w, zx, state, d_outputs)
-      return [d_zx] + [d_w[k] for k in names]
+      dz, d_w = backward(w, kept, tf.transpose(d_outputs, [1, 0, 2]))
+      return [tf.transpose(dz, [1, 0, 2])] + [d_w[k] for k in names]
 
-    # stop_gradient: a tape recording the call would ask the XLA function for its
-    # TensorList intermediates; `grad` above is the gradient.
-    frozen = {k: tf.stop_gradient(v) if k in names else v for k, v in w.items()}
-    return _xla_layer_outputs(frozen, tf.stop_gradient(zx), state), grad
+    return tf.transpose(outputs, [1, 0, 2]), grad
 
   return layer(zx, *[weights[k] for k in names])
-
-
-def run_layer(weights, zx, state, jit_compile: bool = False):
-  """Runs a layer over zx [B, T, 4U] from `state`: outputs [B, T, U].
-
-  A tf.while_loop over a TensorArray of the time-major pre-activations; each iteration
-  is `layer_step` (the recurrent matmul(s) and gates only). `jit_compile`: the loop and
-  its gradient as XLA clusters inside a train step that is not XLA-compiled itself.
-  """
-  if jit_compile:
-    return _xla_layer(weights, zx, tuple(state))
-  return _layer_loop(weights, zx, tuple(state))[0]
 
 
 def rnn_step(weights, hot, dense, state):
@@ -574,8 +765,9 @@ class EventSequenceRnn(keras.Model):
   Speed (CPU): the first layer's input pre-activations for all steps are gathered
   kernel rows (`input_preactivations`), every later layer's x W for all steps is one
   matmul, and the tf.while_loop over time only does the recurrent matmul(s) and gates
-  (`run_layer`). The attention layer folds its input projection into the LSTM kernel
-  and carries its keys. The variables are the Keras layers' (`rnn_layers`), so
+  (`run_layer`), with a hand-written backward loop (weight gradients as one matmul over
+  all steps after it). The attention layer folds its input projection into the LSTM
+  kernel and carries its keys. The variables are the Keras layers' (`rnn_layers`), so
   `reference_call` (the layers' own Keras call, the straightforward formulation)
   checks the fast one on the same weights.
   `loop_jit`: 'auto' (attention layers), True or False: run a layer's loop as its own
@@ -656,7 +848,6 @@ class EventSequenceRnn(keras.Model):
     hot = tf.where(mask[..., tf.newaxis], tf.cast(hot, tf.int32), self.layout.num_hot)
     dense = compact.expand_dense(self.layout, flags, num_steps)
     weights = self.step_weights()
-    batch = tf.shape(flags)[0]
     cudnn = _gpu_available()
     x = None
     for i, (layer, dropout, w) in enumerate(zip(self.rnn_layers, self.dropouts,
@@ -667,8 +858,7 @@ class EventSequenceRnn(keras.Model):
         x = layer(x, mask=mask, training=training)
       else:
         zx = input_preactivations(w, hot, dense) if i == 0 else layer_preactivations(w, x)
-        x = run_layer(w, zx, zero_layer_state(w, batch, self.compute_dtype),
-                      self._loop_jit(w))
+        x = run_layer(w, zx, self._loop_jit(w))
       x = dropout(x, training=training)
     return self.logits_layer(x)
 

@@ -34,10 +34,14 @@ override custom_config['hparams'], which override the config's defaults.
 fn_args.base_model (the Trainer's base_model channel): warm start from that export.
 """
 
+import contextlib
+import dataclasses
 import functools
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence
@@ -368,26 +372,131 @@ def dtype_policy(setting: Any) -> Optional[str]:
                    f'{list(MIXED_PRECISION_POLICIES)}, got {setting!r}')
 
 
+# --- One machine or several. ----------------------------------------------------
+
+
+def cluster_spec(tf_config: Optional[str] = None) -> Dict[str, List[str]]:
+  """TF_CONFIG's cluster ({'chief': [host:port], 'worker': [...]}); {} when unset.
+
+  Vertex AI training and Kubeflow's training operator (TFJob) set TF_CONFIG in every
+  replica they start, each with its own task."""
+  text = os.environ.get('TF_CONFIG', '') if tf_config is None else tf_config
+  if not text.strip():
+    return {}
+  try:
+    cluster = json.loads(text).get('cluster') or {}
+  except (ValueError, AttributeError):
+    raise ValueError(f'TF_CONFIG is not a JSON object with a "cluster": {text[:200]!r}') from None
+  return {str(k): list(v) for k, v in cluster.items()}
+
+
+def num_workers(cluster: Dict[str, List[str]]) -> int:
+  """The training processes a cluster names: its chief plus its workers."""
+  return len(cluster.get('chief', [])) + len(cluster.get('worker', []))
+
+
+def make_strategy(custom_config: Dict[str, Any]) -> tf.distribute.Strategy:
+  """MultiWorkerMirroredStrategy when TF_CONFIG names several workers, else
+  MirroredStrategy over `select_devices`.
+
+  Every worker runs run_fn; each takes its replicas' share of every global batch, and
+  the model's train step sums over all of them (model._replica_sum: collectives), so
+  the update is the single-machine one. Call it before any other TensorFlow work:
+  collectives are configured when TensorFlow starts.
+  """
+  cluster = cluster_spec()
+  if cluster.get('ps'):
+    raise ValueError('TF_CONFIG names parameter servers ("ps"): this Trainer trains with '
+                     'all-reduce (MultiWorkerMirroredStrategy) only; use chief/worker tasks.')
+  if num_workers(cluster) <= 1:
+    return tf.distribute.MirroredStrategy(select_devices(custom_config))
+  if custom_config.get('devices') or custom_config.get('replicas'):
+    raise ValueError(
+        f'TF_CONFIG names {num_workers(cluster)} workers, and custom_config sets '
+        "'devices'/'replicas' (one machine's choice): with several workers each trains on "
+        'all its GPUs (or its CPU); drop those options, or TF_CONFIG.')
+  strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  resolver = strategy.cluster_resolver
+  logging.info('MultiWorkerMirroredStrategy: %s %d of %d workers, %d replicas in sync',
+               resolver.task_type, resolver.task_id, num_workers(cluster),
+               strategy.num_replicas_in_sync)
+  return strategy
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and (
+      num_workers(strategy.cluster_resolver.cluster_spec().as_dict()) > 1)
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+  return (num_workers(strategy.cluster_resolver.cluster_spec().as_dict())
+          if is_multi_worker(strategy) else 1)
+
+
+def jit_compile_setting(custom_config: Dict[str, Any], strategy: tf.distribute.Strategy):
+  """custom_config 'jit_compile', off under several workers: XLA cannot compile the
+  train step's cross-worker all-reduce on CPU (measured here; the CPU has no XLA
+  collective kernels)."""
+  setting = custom_config.get('jit_compile', model_lib.DEFAULT_JIT_COMPILE)
+  if setting and setting != 'auto' and is_multi_worker(strategy):
+    logging.warning('jit_compile=%r ignored: a multi-worker train step runs without XLA.',
+                    setting)
+    return False
+  return setting
+
+
 # --- Warm start. ----------------------------------------------------------------
 
 
 def find_export(path: str) -> str:
   """The SavedModel dir in `path`: itself, its Format-Serving/ (a Trainer Model artifact),
-  or its parent (TFX appends Format-Serving/ to an imported pushed model's URI)."""
+  or its parent (TFX appends Format-Serving/ to an imported pushed model's URI); or a
+  Magenta .mag bundle file, `path` or its parent (checked readable). A URL or hub handle
+  is resolved first (model_handles)."""
+  from music_rnn import magenta_interop, model_handles  # pylint: disable=g-import-not-at-top
+  if model_handles.is_remote(path):
+    path = model_handles.resolve(path)
+  for candidate in (path, os.path.dirname(path)):
+    if magenta_interop.is_bundle(candidate):
+      magenta_interop.read_bundle(candidate)  # a clear error now, not in the Trainer
+      return candidate
   for candidate in (path, os.path.join(path, 'Format-Serving'), os.path.dirname(path)):
     if tf.io.gfile.exists(os.path.join(candidate, 'saved_model.pb')):
       return candidate
-  raise FileNotFoundError(f'No SavedModel (saved_model.pb) in {path} or its Format-Serving/')
+  raise FileNotFoundError(f'No SavedModel (saved_model.pb) or .mag bundle in {path} or its '
+                          'Format-Serving/')
+
+
+def _warm_start_from_bundle(model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
+                            hparams: configs.HParams, bundle: str) -> str:
+  """Magenta's weights from a .mag (magenta_interop's import mapping) into `model`."""
+  from music_rnn import magenta_interop, magenta_weights  # pylint: disable=g-import-not-at-top
+  magenta = magenta_interop.load_bundle(bundle)
+  if magenta.config.name != config.name:
+    raise ValueError(f'Cannot warm-start {config.name} from {bundle}: it is a '
+                     f'{magenta.config.name} bundle.')
+  magenta_interop.check_shapes(config, hparams, magenta.weights, f'the bundle {bundle}',
+                               magenta.hparams.attn_length)
+  if hparams.attn_length != magenta.hparams.attn_length:
+    raise ValueError(f'Cannot warm-start from {bundle}: its attn_length is '
+                     f'{magenta.hparams.attn_length}, this run has {hparams.attn_length}.')
+  magenta_weights.to_keras(magenta.weights, model)
+  logging.info('Warm start: Magenta bundle %s', bundle)
+  return bundle
 
 
 def warm_start(model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
                hparams: configs.HParams, base_model: str) -> str:
-  """Copies a previous export's weights into `model`, matched by variable path.
+  """Copies a previous export's weights into `model`, matched by variable path, or a
+  Magenta .mag bundle's (mapped as `music-rnn import-magenta` maps them).
 
   Fine-tuning (e.g. drums of one style adapted to another) needs the same config and
-  layer shapes; anything else fails here, naming what differs. Returns the export dir.
+  layer shapes; anything else fails here, naming what differs. Returns the export dir
+  (or the bundle).
   """
   export_dir = find_export(base_model)
+  if not tf.io.gfile.isdir(export_dir):
+    return _warm_start_from_bundle(model, config, hparams, export_dir)
   config_path = os.path.join(export_dir, export.CONFIG_ASSET)
   base = {}
   if tf.io.gfile.exists(config_path):
@@ -693,7 +802,7 @@ def _write_hparams_summary(log_dir: str, run_key: str, hparams: configs.HParams,
     hp_api.hparams(values, trial_id=run_key)
 
 
-# --- run_fn. --------------------------------------------------------------------
+# --- run_fn helpers. ------------------------------------------------------------
 
 
 def _eval_dataset(fn_args, tf_transform_output, config, batches):
@@ -797,63 +906,178 @@ def _fit(model, train_ds, eval_ds, plan, callbacks) -> None:
               callbacks=callbacks, verbose=2)
 
 
-def run_fn(fn_args) -> None:
-  """Trains (resuming if a checkpoint exists), writes metrics and curves, exports the best."""
+# --- run_fn, step by step. ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+  """What custom_config, the Tuner's values and FnArgs ask of this run."""
+  config: configs.ModelConfig
+  hparams: configs.HParams  # batch_size per replica once split over the strategy
+  seed: int
+  train_steps: int
+  policy: Optional[str]  # a mixed-precision dtype policy, None: float32
+  custom_config: Dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+  """Where this process writes. A multi-worker run's other workers write to scratch
+  (TF's pattern: every worker makes the same saves, only the chief's are kept)."""
+  model_run_dir: str  # TensorBoard logs, metrics.json, the loss curve
+  serving_model_dir: Optional[str]  # None: no export (not the chief)
+  checkpoint_scratch: Optional[str]  # None: the run's checkpoint dir itself
+
+
+@dataclasses.dataclass(frozen=True)
+class _Data:
+  """Transform's output, the training split's size, and the run's batches."""
+  tf_transform_output: tft.TFTransformOutput
+  num_sequences: int
+  pass_batches: int
+  batches: Any  # make_dataset with the run's settings: (files, training=..., ...)
+  eval_ds: Any  # (unigram=False) -> eval batches, or None: no eval split
+  eval_status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Schedule:
+  """Steps between evaluations and checkpoints, early stopping, and the Keras epochs."""
+  eval_every: int
+  checkpoint_every: int
+  patience: Optional[int]
+  plan: Any  # epoch_plan(...): (steps_per_epoch, epochs, eval epochs)
+
+
+def _read_settings(fn_args) -> _Settings:
   custom_config = dict(fn_args.custom_config or {})
   if 'config_name' not in custom_config:
     raise ValueError("Trainer custom_config needs 'config_name'; one of "
                      f'{sorted(configs.CONFIGS)}')
   config = configs.get_config(custom_config['config_name'])
-  hparams = resolve_hparams(config, custom_config.get('hparams'), fn_args.hyperparameters)
-  seed = int(custom_config.get('seed', DEFAULT_SEED))
   train_steps = int(fn_args.train_steps or 0)
   if train_steps < 1:
     raise ValueError(f'train_steps must be >= 1, got {fn_args.train_steps}')
-  policy = dtype_policy(custom_config.get('mixed_precision'))
-  keras.utils.set_random_seed(seed)
+  return _Settings(
+      config=config,
+      hparams=resolve_hparams(config, custom_config.get('hparams'), fn_args.hyperparameters),
+      seed=int(custom_config.get('seed', DEFAULT_SEED)), train_steps=train_steps,
+      policy=dtype_policy(custom_config.get('mixed_precision')), custom_config=custom_config)
 
-  strategy = tf.distribute.MirroredStrategy(select_devices(custom_config))
+
+def _split_over_replicas(settings: _Settings, strategy: tf.distribute.Strategy) -> _Settings:
+  """The per-replica batch size, from the global one if custom_config gives it."""
   replicas = strategy.num_replicas_in_sync
-  hparams = split_batch(hparams, replicas, custom_config.get('global_batch_size'))
-  global_batch = hparams.batch_size * replicas
-  logging.info('Config %s, hparams %s, precision %s', config.name, hparams.to_dict(),
-               policy or 'float32')
+  hparams = split_batch(settings.hparams, replicas,
+                        settings.custom_config.get('global_batch_size'))
+  logging.info('Config %s, hparams %s, precision %s', settings.config.name, hparams.to_dict(),
+               settings.policy or 'float32')
   logging.info('Batch: %d per replica x %d replica(s) = global batch %d',
-               hparams.batch_size, replicas, global_batch)
+               hparams.batch_size, replicas, hparams.batch_size * replicas)
+  return dataclasses.replace(settings, hparams=hparams)
 
+
+@contextlib.contextmanager
+def _worker_outputs(fn_args, strategy: tf.distribute.Strategy):
+  """The chief (or the only worker) writes the Trainer's outputs. Another worker writes
+  its checkpoints and logs to a scratch dir, deleted at the end, and does not export:
+  every variable is mirrored (synchronized on write), so saving needs no other worker."""
+  if strategy.extended.should_checkpoint:
+    yield _Outputs(fn_args.model_run_dir, fn_args.serving_model_dir, None)
+    return
+  resolver = strategy.cluster_resolver
+  scratch = tempfile.mkdtemp(prefix=f'music_rnn_{resolver.task_type}{resolver.task_id}_')
+  try:
+    yield _Outputs(os.path.join(scratch, 'model_run'), None, os.path.join(scratch, 'checkpoints'))
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _prepare_data(fn_args, settings: _Settings, replicas: int) -> _Data:
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  num_sequences = count_sequences(fn_args.train_files, tf_transform_output, config)
+  num_sequences = count_sequences(fn_args.train_files, tf_transform_output, settings.config)
   if not num_sequences:
     raise ValueError(f'No training sequence with >= 2 steps in {fn_args.train_files}')
-  pass_batches = batches_per_pass(num_sequences, global_batch)
-  with strategy.scope():
-    model = model_lib.build_model(
-        config, hparams, policy,
-        jit_compile=custom_config.get('jit_compile', model_lib.DEFAULT_JIT_COMPILE))
+  global_batch = settings.hparams.batch_size * replicas
   batches = functools.partial(
-      make_dataset, tf_transform_output=tf_transform_output, config=config,
+      make_dataset, tf_transform_output=tf_transform_output, config=settings.config,
       global_batch_size=global_batch, replicas=replicas,
-      max_steps=FAST_DEV_RUN_MAX_STEPS if custom_config.get('fast_dev_run') else None,
+      max_steps=FAST_DEV_RUN_MAX_STEPS if settings.custom_config.get('fast_dev_run') else None,
       step_multiple=XLA_STEP_MULTIPLE)
-  eval_ds, eval_status = _eval_dataset(fn_args, tf_transform_output, config, batches)
+  eval_ds, eval_status = _eval_dataset(fn_args, tf_transform_output, settings.config, batches)
+  return _Data(tf_transform_output, num_sequences, batches_per_pass(num_sequences, global_batch),
+               batches, eval_ds, eval_status)
 
-  spec = _run_spec(config, hparams, global_batch, seed, train_steps, policy, fn_args,
-                   custom_config)
-  run_key = checkpointing.fingerprint(spec)
-  checkpoint_dir = _checkpoint_dir(custom_config, fn_args, run_key)
+
+def _build_model(settings: _Settings, strategy: tf.distribute.Strategy):
+  with strategy.scope():
+    model = model_lib.build_model(settings.config, settings.hparams, settings.policy,
+                                  jit_compile=jit_compile_setting(settings.custom_config,
+                                                                  strategy))
+  if is_multi_worker(strategy):
+    _adapt_keras_to_multi_worker(model)
+  return model
+
+
+def _adapt_keras_to_multi_worker(model) -> None:
+  """Works around two Keras 3.6 steps that fail under MultiWorkerMirroredStrategy;
+  the training itself is unchanged. (Model-side, these would be EventSequenceRnn
+  overrides.)
+
+  - Its train/test functions MEAN-reduce each step's logs over the workers along axis
+    0, which scalar logs lack (tensorflow#72388): here the steps return them as [1]
+    vectors. The model's metrics are sums over every replica already
+    (model._replica_sum), so that mean is the global value itself.
+  - fit and evaluate first take a batch from their iterator and all-reduce it to build
+    an unbuilt model, and a collective reduce cannot take the nested inputs. build_model
+    has built everything: here that batch is taken the same way (so every worker sees
+    the batches a one-machine run sees) without the reduce.
+  """
+  train_step, test_step = model.train_step, model.test_step
+
+  def as_vectors(logs):
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+  def take_first_batch(iterator=None, data_batch=None):
+    del data_batch  # the model is built
+    if iterator is not None:
+      for _, batches in iterator.enumerate_epoch():
+        next(batches)
+        break
+
+  model.train_step = lambda data: as_vectors(train_step(data))
+  model.test_step = lambda data: as_vectors(test_step(data))
+  model._maybe_symbolic_build = take_first_batch  # pylint: disable=protected-access
+
+
+def _restore_or_warm_start(fn_args, settings: _Settings, global_batch: int, model,
+                           outputs: _Outputs):
+  """(checkpointer, step restored (0: none), warm-start export or None).
+
+  A run with the same spec resumes from its latest checkpoint; a new one starts from
+  fn_args.base_model if given. Every worker restores from the run's (the chief's) dir."""
+  spec = _run_spec(settings.config, settings.hparams, global_batch, settings.seed,
+                   settings.train_steps, settings.policy, fn_args, settings.custom_config)
+  checkpoint_dir = _checkpoint_dir(settings.custom_config, fn_args, checkpointing.fingerprint(spec))
   ckpt = checkpointing.Checkpointer(
-      checkpoint_dir, model, int(custom_config.get('keep_best', checkpointing.DEFAULT_KEEP_BEST)))
+      checkpoint_dir, model,
+      int(settings.custom_config.get('keep_best', checkpointing.DEFAULT_KEEP_BEST)),
+      write_directory=outputs.checkpoint_scratch)
   ckpt.write_spec(spec)
   start_step = ckpt.restore()
-  warm_from = None
   if start_step:
     logging.info('Resuming from the checkpoint at step %d of %d in %s', start_step,
-                 train_steps, checkpoint_dir)
-  else:
-    logging.info('Checkpoints: %s', checkpoint_dir)
-    if fn_args.base_model:
-      warm_from = warm_start(model, config, hparams, fn_args.base_model)
+                 settings.train_steps, checkpoint_dir)
+    return ckpt, start_step, None
+  logging.info('Checkpoints: %s', checkpoint_dir)
+  warm_from = None
+  if fn_args.base_model:
+    warm_from = warm_start(model, settings.config, settings.hparams, fn_args.base_model)
+  return ckpt, 0, warm_from
 
+
+def _schedule(settings: _Settings, start_step: int, has_eval: bool) -> _Schedule:
+  custom_config, train_steps = settings.custom_config, settings.train_steps
   num_evals = max(1, int(custom_config.get('num_evals', DEFAULT_NUM_EVALS)))
   eval_every = math.ceil(train_steps / min(num_evals, train_steps))
   checkpoint_every = int(custom_config.get('checkpoint_every') or eval_every)
@@ -861,67 +1085,79 @@ def run_fn(fn_args) -> None:
     raise ValueError(f'checkpoint_every must be >= 1, got {checkpoint_every}')
   patience = custom_config.get('early_stopping_patience')
   patience = int(patience) if patience else None
-  if patience and eval_ds is None:
+  if patience and not has_eval:
     logging.warning('Early stopping needs eval metrics; the eval split has none: ignored.')
     patience = None
+  return _Schedule(eval_every, checkpoint_every, patience,
+                   epoch_plan(start_step, train_steps, eval_every, checkpoint_every))
 
+
+def _train(fn_args, settings: _Settings, model, data: _Data, ckpt, start_step: int,
+           schedule: _Schedule, recorder: '_Recorder') -> None:
+  """Fits from `start_step` to the configured steps, unless early stopping has ended
+  the run already; then saves the last step if no checkpoint holds it."""
   def message(what, step):
-    return divergence_message(what, step, train_steps, hparams, checkpoint_dir)
+    return divergence_message(what, step, settings.train_steps, settings.hparams,
+                              ckpt.directory)
 
-  plan = epoch_plan(start_step, train_steps, eval_every, checkpoint_every)
-  recorder = _Recorder(fn_args.model_run_dir, global_batch, plan[2], ckpt.history(start_step))
-  _write_hparams_summary(fn_args.model_run_dir, run_key, hparams, {
-      'config_name': config.name, 'global_batch_size': global_batch, 'seed': seed,
-      'train_steps': train_steps, 'mixed_precision': policy or 'float32'})
-  stopped = bool(patience) and int(ckpt.state.evals_since_best.numpy()) >= patience
-  if start_step < train_steps and not stopped:
+  stopped = (bool(schedule.patience) and
+             int(ckpt.state.evals_since_best.numpy()) >= schedule.patience)
+  if start_step < settings.train_steps and not stopped:
     ckpt.state.stopped_at.assign(-1)  # e.g. stopped before, now with more patience
-    last_steps = last_epoch_steps(start_step, train_steps, plan[0])
+    steps_per_epoch, epochs, _ = schedule.plan
+    last_steps = last_epoch_steps(start_step, settings.train_steps, steps_per_epoch)
     model.steps_per_execution = steps_per_execution(
-        custom_config.get('steps_per_execution', STEPS_PER_EXECUTION), plan[0], last_steps)
+        settings.custom_config.get('steps_per_execution', STEPS_PER_EXECUTION),
+        steps_per_epoch, last_steps)
     # A resumed run draws a fresh shuffle rather than replaying the first batches.
-    train_ds = batches(fn_args.train_files, training=True, seed=seed + start_step)
-    _fit(model, train_ds, eval_ds, plan, [
-        _NanGuard(message), _StepLimit(plan[1] - 1, last_steps), recorder,
-        _Checkpointing(ckpt, recorder, checkpoint_every, patience, message)])
-  steps_done = ckpt.step
-  if steps_done > ckpt.saved_step():
+    train_ds = data.batches(fn_args.train_files, training=True, seed=settings.seed + start_step)
+    _fit(model, train_ds, data.eval_ds, schedule.plan, [
+        _NanGuard(message), _StepLimit(epochs - 1, last_steps), recorder,
+        _Checkpointing(ckpt, recorder, schedule.checkpoint_every, schedule.patience, message)])
+  if ckpt.step > ckpt.saved_step():
     ckpt.save(recorder.history)
-  best = ckpt.restore_best() if eval_ds is not None else None
-  train_metrics, eval_metrics = _final_metrics(model, eval_ds, batches, fn_args)
+
+
+def _report(fn_args, settings: _Settings, model, data: _Data, ckpt, start_step: int,
+            schedule: _Schedule, recorder: '_Recorder', best, warm_from) -> Dict[str, Any]:
+  """metrics.json: the run's settings, what it did, and the exported weights' metrics."""
+  hparams, replicas = settings.hparams, model.distribute_strategy.num_replicas_in_sync
+  steps_done = ckpt.step
+  train_metrics, eval_metrics = _final_metrics(model, data.eval_ds, data.batches, fn_args)
   stopped_at = int(ckpt.state.stopped_at.numpy())
   seconds = recorder.train_seconds
-  examples = (steps_done - start_step) * num_sequences / pass_batches  # real sequences
-  report = {
-      'config_name': config.name,
+  examples = (steps_done - start_step) * data.num_sequences / data.pass_batches  # real ones
+  return {
+      'config_name': settings.config.name,
       'hparams': hparams.to_dict(),
-      'seed': seed,
+      'seed': settings.seed,
       'num_replicas': replicas,
+      'num_workers': worker_count(model.distribute_strategy),
       'per_replica_batch_size': hparams.batch_size,
-      'global_batch_size': global_batch,
-      'mixed_precision': policy,
+      'global_batch_size': hparams.batch_size * replicas,
+      'mixed_precision': settings.policy,
       'train_steps': steps_done,
-      'configured_train_steps': train_steps,
+      'configured_train_steps': settings.train_steps,
       'steps_this_run': steps_done - start_step,
       'resumed_from_step': start_step or None,
       'stopped_early_at_step': stopped_at if stopped_at >= 0 else None,
-      'early_stopping_patience': patience,
+      'early_stopping_patience': schedule.patience,
       'eval_steps': fn_args.eval_steps or None,
       'exported': ({'weights': 'best', 'step': best['step'], 'eval_loss': best['eval_loss']}
                    if best else {'weights': 'last', 'step': steps_done}),
       'best_checkpoints': [{k: e[k] for k in ('step', 'eval_loss')} for e in ckpt.best],
-      'checkpoint_dir': checkpoint_dir,
+      'checkpoint_dir': ckpt.directory,
       'warm_start_from': warm_from or (fn_args.base_model if start_step else None),
-      'fast_dev_run': bool(custom_config.get('fast_dev_run')),
+      'fast_dev_run': bool(settings.custom_config.get('fast_dev_run')),
       'train': train_metrics,
       'eval': eval_metrics,
-      'eval_status': eval_status,
+      'eval_status': data.eval_status,
       'train_last_interval': (_clean(recorder.history[-1], names=TRAIN_METRIC_NAMES)
                               if recorder.history else None),
       # Training batches: padded steps / real steps over this execution's training.
       PADDED_FRACTION: _interval_mean(recorder.history, PADDED_FRACTION, start_step),
-      'train_sequences': num_sequences,
-      'batches_per_pass': pass_batches,
+      'train_sequences': data.num_sequences,
+      'batches_per_pass': data.pass_batches,
       # Wall time of this execution's training intervals (validation excluded).
       'train_steps_per_sec': (steps_done - start_step) / seconds if seconds else None,
       'train_examples_per_sec': examples / seconds if seconds else None,
@@ -929,19 +1165,57 @@ def run_fn(fn_args) -> None:
       'jit_compile': bool(model.jit_compile),
       'history': recorder.history,
   }
-  tf.io.gfile.makedirs(fn_args.model_run_dir)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, METRICS_FILE), 'w') as f:
+
+
+def _write_report(report: Dict[str, Any], model_run_dir: str, best) -> None:
+  """metrics.json and loss_curve.png in model_run_dir, and the summary in the log."""
+  tf.io.gfile.makedirs(model_run_dir)
+  with tf.io.gfile.GFile(os.path.join(model_run_dir, METRICS_FILE), 'w') as f:
     f.write(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
-  _plot_loss_curve(recorder.history, os.path.join(fn_args.model_run_dir, LOSS_CURVE_FILE),
-                   f'{config.name}: {steps_done} steps, global batch {global_batch}',
-                   best['step'] if best else None)
+  _plot_loss_curve(report['history'], os.path.join(model_run_dir, LOSS_CURVE_FILE),
+                   f'{report["config_name"]}: {report["train_steps"]} steps, global batch '
+                   f'{report["global_batch_size"]}', best['step'] if best else None)
   _log_final(report)
 
-  # XLA-compiled sampling (default): fastest; TF Serving runs it only with
-  # --xla_cpu_compilation_enabled. xla_generation=False exports plain TensorFlow ops.
-  export.export_serving_model(model, config, hparams, tf_transform_output,
-                              fn_args.serving_model_dir,
-                              jit_compile=bool(custom_config.get('xla_generation', True)))
+
+def run_fn(fn_args) -> None:
+  """Trains (resuming if a checkpoint exists), writes metrics and curves, exports the best.
+
+  Under a multi-worker TF_CONFIG every worker calls it (make_strategy); the chief
+  writes metrics, curves, checkpoints and the export, the others only train.
+  """
+  settings = _read_settings(fn_args)
+  keras.utils.set_random_seed(settings.seed)
+  strategy = make_strategy(settings.custom_config)  # before TensorFlow starts (collectives)
+  settings = _split_over_replicas(settings, strategy)
+  replicas = strategy.num_replicas_in_sync
+  global_batch = settings.hparams.batch_size * replicas
+  with _worker_outputs(fn_args, strategy) as outputs:
+    data = _prepare_data(fn_args, settings, replicas)
+    model = _build_model(settings, strategy)
+    ckpt, start_step, warm_from = _restore_or_warm_start(fn_args, settings, global_batch,
+                                                         model, outputs)
+    schedule = _schedule(settings, start_step, data.eval_ds is not None)
+    recorder = _Recorder(outputs.model_run_dir, global_batch, schedule.plan[2],
+                         ckpt.history(start_step))
+    _write_hparams_summary(outputs.model_run_dir, os.path.basename(ckpt.directory),
+                           settings.hparams, {
+                               'config_name': settings.config.name,
+                               'global_batch_size': global_batch, 'seed': settings.seed,
+                               'train_steps': settings.train_steps,
+                               'mixed_precision': settings.policy or 'float32'})
+    _train(fn_args, settings, model, data, ckpt, start_step, schedule, recorder)
+    best = ckpt.restore_best() if data.eval_ds is not None else None
+    report = _report(fn_args, settings, model, data, ckpt, start_step, schedule, recorder,
+                     best, warm_from)
+    _write_report(report, outputs.model_run_dir, best)
+    if outputs.serving_model_dir:
+      # XLA-compiled sampling (default): fastest; TF Serving runs it only with
+      # --xla_cpu_compilation_enabled. xla_generation=False exports plain TensorFlow ops.
+      export.export_serving_model(
+          model, settings.config, settings.hparams, data.tf_transform_output,
+          outputs.serving_model_dir,
+          jit_compile=bool(settings.custom_config.get('xla_generation', True)))
 
 
 def _log_final(report: Dict[str, Any]) -> None:

@@ -14,6 +14,14 @@ global_batch_size, mixed_precision, early_stopping_patience), plus:
   'trial_evals': evaluations per trial (= epochs; hyperband's max_epochs)
   'early_stopping_patience': evaluations without a better eval loss before a trial stops
 The trial length is the Tuner's train_args.num_steps, its eval batches eval_args.num_steps.
+
+Distributed search, keras-tuner's chief/worker mode: start the Tuner's executor in N+1
+processes sharing `tuner_dir`, each with KERASTUNER_ORACLE_IP / KERASTUNER_ORACLE_PORT
+(where the chief serves the oracle) and its own KERASTUNER_TUNER_ID: 'chief' for the
+one that serves the oracle and records every trial, distinct ids ('tuner0', 'tuner1',
+...) for the workers, which ask it for trials and run them. The chief writes the
+Tuner's outputs once the last trial ends; the workers write none. Every process builds
+its trials on its own devices (MirroredStrategy; TF_CONFIG is not read here).
 """
 
 import csv
@@ -248,7 +256,8 @@ class EventRnnHyperModel(keras_tuner.HyperModel):
 
 
 class _Recorded:
-  """Mixin: per-trial wall time and eval-loss curve in <trial dir>/music_rnn_trial.json."""
+  """Mixin: per-trial wall time, eval-loss curve and the tuner that ran it (one of a
+  distributed search's workers) in <trial dir>/music_rnn_trial.json."""
 
   def _populate_initial_space(self):
     # Our space has no conditions: declare it, without building a throwaway model.
@@ -266,9 +275,10 @@ class _Recorded:
     if not hasattr(self, '_curves'):
       self._curves = {}
     self._curves[trial.trial_id] = []
+    logging.info('Trial %s: run by tuner %s', trial.trial_id, self.tuner_id)
     start = time.perf_counter()
     results = super().run_trial(trial, *args, **kwargs)
-    record = {'seconds': time.perf_counter() - start,
+    record = {'seconds': time.perf_counter() - start, 'tuner_id': self.tuner_id,
               'eval_loss_curve': self._curves.pop(trial.trial_id, [])}
     with tf.io.gfile.GFile(os.path.join(self.get_trial_dir(trial.trial_id), TRIAL_SIDECAR),
                            'w') as f:
@@ -504,13 +514,38 @@ def _plot(rows, best_id, path, title):
 # --- The TFX component: TFX's Tuner, plus the report. ---------------------------
 
 
+def tuner_role() -> str:
+  """'alone', or in keras-tuner's distributed mode 'chief' (serves the oracle) or
+  'worker' (runs trials), from the environment keras-tuner reads."""
+  if 'KERASTUNER_ORACLE_IP' not in os.environ:
+    return 'alone'
+  missing = [name for name in ('KERASTUNER_ORACLE_PORT', 'KERASTUNER_TUNER_ID')
+             if not os.environ.get(name)]
+  if missing:
+    raise ValueError(f'KERASTUNER_ORACLE_IP is set (distributed tuning), but not '
+                     f'{" or ".join(missing)}: set the oracle port, and a tuner id per '
+                     "process ('chief' for the oracle's, distinct ones for workers).")
+  return 'chief' if 'chief' in os.environ['KERASTUNER_TUNER_ID'] else 'worker'
+
+
 class ReportingTunerExecutor(tuner_executor.Executor):
-  """TFX's Tuner executor; also writes the trial report beside tuner_results."""
+  """TFX's Tuner executor; also writes the trial report beside tuner_results.
+
+  In distributed mode (`tuner_role`), the chief's search returns once every trial has
+  ended, and only the chief writes the outputs; a worker runs trials and returns."""
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
     if tuner_executor.get_tune_args(exec_properties):
       raise ValueError("TuneArgs is not supported by this Tuner's Executor.")
-    tuner = tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir())
+    role = tuner_role()
+    # A worker's summaries would ask the chief, which stops once the last trial ends.
+    tuner = tuner_executor.search(input_dict, exec_properties, self._get_tmp_dir(),
+                                  print_tuning_summary=role != 'worker')
+    if role == 'worker':
+      logging.info('Tuner %s: no trial left; the chief at %s:%s writes the results.',
+                   tuner.tuner_id, os.environ['KERASTUNER_ORACLE_IP'],
+                   os.environ['KERASTUNER_ORACLE_PORT'])
+      return
     rows = trial_rows(tuner)
     if not any(r['eval_loss'] is not None for r in rows):
       raise RuntimeError(f'No trial completed out of {len(rows)}; see the trial messages in '

@@ -1,7 +1,8 @@
 """Pipeline settings a user changes, in one place (TFX template style).
 
 Model numbers (encodings, hparams) live in music_rnn/configs.py, looked up by MODEL_CONFIG.
-Every value here can be overridden from the `music-rnn run` command line.
+These are the defaults of pipeline/settings.py's PipelineSettings: every value can be
+overridden per run from `music-rnn run`, the Airflow DAG, the Kubeflow compiler or the notebook.
 """
 
 import os
@@ -10,8 +11,9 @@ from music_rnn import blessing
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Default data per model kind (see data/README.md).
-DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', 'freedoom.tfrecord.gz')
+# Default data per model kind (see data/README.md): drums are the Freedoom soundtrack and
+# the drum parts of MMA's groove library (81 + 1,800 drum tracks), both committed.
+DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', '*.tfrecord.gz')
 MELODY_DATA = os.path.join(PROJECT_ROOT, 'data', 'melody', 'essen_subset.tfrecord')
 
 # Where pipelines, ML-Metadata and pushed models go (override with MUSIC_RNN_HOME).

@@ -3,21 +3,20 @@
 import dataclasses
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from absl import logging
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from music_rnn import checkpointing
 from music_rnn import blessing as blessing_lib
-from music_rnn import configs as model_configs
 from music_rnn import evaluation
 from music_rnn import training
 from music_rnn import tuning
-from pipeline import configs
 from pipeline import mlmd_results
 from pipeline import pipeline as pipeline_lib
+from pipeline import settings as settings_lib
+from pipeline.settings import PipelineSettings
 
 
 @dataclasses.dataclass
@@ -40,134 +39,29 @@ class RunSummary:
   thresholds: Optional[blessing_lib.BlessingThresholds] = None  # what run() blessed with
 
 
-def run(model_config: str,
-        data: Optional[str] = None,
-        train_steps: int = configs.TRAIN_STEPS,
-        eval_steps: int = configs.EVAL_STEPS,
-        hparams: Optional[Dict[str, Any]] = None,
-        seed: int = 0,
-        output_root: str = configs.OUTPUT_ROOT,
-        serving_models_dir: str = configs.SERVING_MODELS_DIR,
-        beam_pipeline_args: Optional[List[str]] = None,
-        enable_cache: bool = True,
-        tune: bool = False,
-        tuner: str = configs.TUNER,
-        max_trials: int = configs.MAX_TRIALS,
-        trial_steps: Optional[int] = None,
-        search_space: Optional[str] = None,
-        hyperparameters: Optional[str] = None,
-        fast_dev_run: bool = False,
-        warm_start_from: Optional[str] = None,
-        checkpoint_every: Optional[int] = configs.CHECKPOINT_EVERY,
-        early_stopping_patience: Optional[int] = configs.EARLY_STOPPING_PATIENCE,
-        mixed_precision: Optional[str] = None,
-        xla_generation: bool = True,
-        replicas: Optional[int] = None,
-        global_batch_size: Optional[int] = None,
-        blessing: Optional[blessing_lib.BlessingThresholds] = None) -> RunSummary:
-  """Runs the whole pipeline for `model_config` on `data` (a file, dir or glob).
+def run(settings: Optional[PipelineSettings] = None, **fields) -> RunSummary:
+  """Runs the whole pipeline for `settings` (or PipelineSettings(**fields)) here.
 
-  `tune` adds the Tuner (search state under <output_root>/tuner/); `hyperparameters`
-  is an earlier run's best_hyperparameters dir (or the file in it) to train with.
-  Trainer checkpoints go to <output_root>/checkpoints/<pipeline>/<run key>/: re-running
-  a killed run with the same inputs resumes there. `fast_dev_run` trains
-  FAST_DEV_RUN_TRAIN_STEPS small batches as pipeline <name>-fast-dev-run, pushing to
-  <output_root>/fast-dev-run/serving unless `serving_models_dir` is given, and its
-  Evaluator blesses whatever it scores (a smoke test checks wiring, not quality).
-  `blessing` defaults to pipeline/configs.py's BLESSING.
+  ML-Metadata is SQLite at settings.metadata_path; `--tune`'s search state, the Trainer's
+  checkpoints (a killed run resumes when re-run) and the pipeline root are under
+  settings.output_root. `fast_dev_run` trains a few small batches as pipeline
+  <name>-fast-dev-run (PipelineSettings.resolved).
   """
-  config = model_configs.get_config(model_config)
-  if hparams:
-    config.hparams.replace(**hparams)  # validates names and values before anything runs
-  if hyperparameters:
-    if tune:
-      raise ValueError('--hyperparameters trains with an earlier search; drop --tune')
-    hyperparameters, hp_config = tuning.read_best_hyperparameters(hyperparameters)
-    training.resolve_hparams(config, hparams, hp_config)  # must fit this config
-  data_root, data_pattern = split_data_path(data or configs.default_data(config.kind))
-  name = configs.pipeline_name(config.name)
-  if replicas:
-    training.use_logical_cpus(replicas)  # CPU-only: N logical devices, if not too late
-    training.split_batch(config.hparams, replicas, global_batch_size)  # divides, or fail now
-  if warm_start_from:
-    training.find_export(warm_start_from)  # fail before anything runs
-  trainer_options = {
-      'checkpoint_every': checkpoint_every,
-      'early_stopping_patience': early_stopping_patience,
-      'keep_best': configs.KEEP_BEST,
-      'mixed_precision': mixed_precision,
-      'xla_generation': None if xla_generation else False,  # default on in run_fn
-      'replicas': replicas,
-      'global_batch_size': global_batch_size,
-      'data_fingerprint': checkpointing.data_fingerprint(
-          data_root, data_pattern, eval_ratio=config.extractor.eval_ratio),
-  }
-  if fast_dev_run:
-    name += configs.FAST_DEV_RUN_SUFFIX
-    train_steps = configs.FAST_DEV_RUN_TRAIN_STEPS
-    eval_steps = min(eval_steps or configs.FAST_DEV_RUN_EVAL_STEPS,
-                     configs.FAST_DEV_RUN_EVAL_STEPS)
-    if 'batch_size' not in (hparams or {}) and not global_batch_size:
-      hparams = {**(hparams or {}), 'batch_size': min(config.hparams.batch_size,
-                                                      configs.FAST_DEV_RUN_BATCH_SIZE)}
-    trainer_options.update(fast_dev_run=True, num_evals=1, early_stopping_patience=None,
-                           checkpoint_every=None)
-    # With --tune: two trials as short as the training, enough to check the wiring.
-    trial_steps, max_trials = train_steps, min(max_trials, 2)
-    if serving_models_dir == configs.SERVING_MODELS_DIR:
-      serving_models_dir = os.path.join(output_root, 'fast-dev-run', 'serving')
-    blessing = blessing_lib.BlessingThresholds(max_perplexity_fraction=None,
-                                             loss_tolerance=None, unigram_margin=None)
-  blessing = blessing or configs.BLESSING
-  trainer_options = {k: v for k, v in trainer_options.items() if v is not None}
-  pipeline_root = os.path.join(output_root, 'pipelines', name)
-  metadata_path = os.path.join(output_root, 'metadata', name, 'metadata.db')
-  os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
+  settings = (settings or PipelineSettings(**fields)).with_local_files_checked()
+  if settings.replicas:
+    training.use_logical_cpus(settings.replicas)  # CPU-only: N logical devices, if not too late
+  resolved = settings.resolved()
+  os.makedirs(os.path.dirname(resolved.metadata_path), exist_ok=True)
   p = pipeline_lib.create_pipeline(
-      pipeline_name=name,
-      pipeline_root=pipeline_root,
-      data_root=data_root,
-      data_pattern=data_pattern,
-      model_config=config.name,
-      serving_model_dir=os.path.join(serving_models_dir, config.name),
-      preprocessing_fn=configs.PREPROCESSING_FN,
-      run_fn=configs.RUN_FN,
-      train_steps=train_steps,
-      eval_steps=eval_steps,
-      hparams=hparams,
-      seed=seed,
-      metadata_connection_config=tfx.orchestration.metadata
-      .sqlite_metadata_connection_config(metadata_path),
-      beam_pipeline_args=beam_pipeline_args or list(configs.BEAM_PIPELINE_ARGS),
-      enable_cache=enable_cache,
-      tune=tune,
-      tuner_fn=configs.TUNER_FN,
-      tuner=tuner,
-      max_trials=max_trials,
-      trial_steps=trial_steps or configs.TRIAL_STEPS,
-      search_space=search_space,
-      tuner_state_root=os.path.join(output_root, 'tuner', name),
-      hyperparameters_uri=hyperparameters,
-      checkpoint_dir=os.path.join(output_root, 'checkpoints', name),
-      warm_start_from=warm_start_from,
-      trainer_options=trainer_options,
-      blessing=blessing)
-  logging.info('Running pipeline %s (root %s)', name, pipeline_root)
+      resolved, tfx.orchestration.metadata.sqlite_metadata_connection_config(
+          resolved.metadata_path))
+  logging.info('Running pipeline %s (root %s)', resolved.pipeline_name, resolved.pipeline_root)
   tfx.orchestration.LocalDagRunner().run(p)
-  return dataclasses.replace(summarize(name, metadata_path), thresholds=blessing)
+  return dataclasses.replace(summarize(resolved.pipeline_name, resolved.metadata_path),
+                             thresholds=resolved.blessing)
 
 
-def split_data_path(data: str):
-  """'dir' -> (dir, '*.tfrecord*'); 'dir/x*.tfrecord' or a file -> (dir, basename pattern)."""
-  data = os.path.abspath(data)
-  if os.path.isdir(data):
-    return data, '*.tfrecord*'
-  root, pattern = os.path.dirname(data), os.path.basename(data)
-  if any(c in root for c in '*?['):
-    raise ValueError(f'--data: wildcards are supported in the file name only, got {data!r}')
-  if not os.path.isdir(root):
-    raise FileNotFoundError(f'--data: directory {root!r} does not exist')
-  return root, pattern
+split_data_path = settings_lib.split_data_path  # the one split, kept here for callers
 
 
 def summarize(pipeline_name: str, metadata_path: str) -> RunSummary:

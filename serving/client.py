@@ -19,6 +19,7 @@ import numpy as np
 
 from music_rnn import configs
 from music_rnn import events as events_lib
+from music_rnn import limits
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODELS_DIR = os.path.join(PROJECT_ROOT, 'serving', 'models')
@@ -48,6 +49,19 @@ def latest_model_dir(config_name: str, models_dir: str = DEFAULT_MODELS_DIR) -> 
   return os.path.join(root, str(max(versions)))
 
 
+def _load_saved_model(path: str):
+  """tf.saved_model.load, failing with one line (the CLI checks the directory first,
+  packaging.check_saved_model; this catches what only loading finds, e.g. damaged
+  variables)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    return tf.saved_model.load(path)
+  except Exception as e:  # pylint: disable=broad-except; TF raises many kinds here
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise RuntimeError(f'{path}: cannot load the SavedModel ({reason}); re-export or '
+                     're-push it') from e
+
+
 @dataclasses.dataclass
 class Generated:
   """Generated sequences in Magenta's event values, primer first."""
@@ -63,8 +77,11 @@ class Model:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self._tf = tf
     self.path = path
-    self.loaded = tf.saved_model.load(path)
-    missing = {'generate', 'prime', 'extend'} - set(self.loaded.signatures)
+    self.loaded = _load_saved_model(path)
+    missing = {'generate', 'prime', 'extend', 'model_config'} - set(self.loaded.signatures)
+    if 'model_config' in missing:
+      raise ValueError(f'{path} is a SavedModel but not a music-rnn export (it has no '
+                       'model_config signature): give a model pushed by `music-rnn run`')
     if missing:
       raise ValueError(f'{path} has no {sorted(missing)} signature(s): it was exported '
                        'before generation existed; re-run the pipeline with --no-cache')
@@ -98,14 +115,13 @@ class Model:
     return out['events'].numpy(), out['state'].numpy(), out['log_likelihood'].numpy()
 
   def _to_user_space(self, events, amount, primer):
-    """Transposes the continuation back (Melody.transpose(-amount), folded into 0..127)
-    and puts the caller's primer in front."""
+    """Transposes the continuation back (Melody.transpose(-amount), folded into 0..127,
+    as the generate signature does) and puts the caller's primer in front."""
+    from music_rnn import encoding  # pylint: disable=g-import-not-at-top
     new = events[:, primer.shape[1]:]
     if not self.is_drums:
-      shifted = new - amount[:, None]
-      folded = np.where(shifted < 0, shifted % 12,
-                        np.where(shifted > 127, 116 + (shifted - 128) % 12, shifted))
-      new = np.where(new >= 0, folded, new)
+      new = encoding.transpose_melodies(self._tf.constant(new, self._tf.int64),
+                                        self._tf.constant(-amount, self._tf.int64)).numpy()
     return np.concatenate([np.broadcast_to(primer, (len(new), primer.shape[1])), new], 1)
 
   def generate(self, primer: Sequence[int], num_steps: int, *, num_outputs: int = 1,
@@ -128,9 +144,12 @@ class Model:
         raise ValueError(f'{name} must be >= 1, got {value}')
     if not temperature > 0:
       raise ValueError(f'temperature must be > 0, got {temperature}')
-    events, state, amount = self._prime(primer)
     width = beam_size * branch_factor
     rows = num_outputs * width
+    too_large = limits.too_large(primer.shape[1] + num_steps, rows)
+    if too_large:  # the signatures would refuse it too, less readably
+      raise ValueError(f'request too large: {too_large}')
+    events, state, amount = self._prime(primer)
     events, state = np.repeat(events, rows, 0), np.repeat(state, rows, 0)
     scores = np.zeros(rows, np.float64)
     if width == 1:
@@ -189,6 +208,11 @@ class Model:
 # --- Primers (Magenta's syntax). -------------------------------------------------------
 
 
+def _is_int(value) -> bool:
+  """An int that is not a bool (True would otherwise pass as pitch 1)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _literal(text: str, flag: str):
   try:
     return ast.literal_eval(text)
@@ -203,11 +227,11 @@ def parse_drum_primer(text: str) -> List[int]:
     raise ValueError(f'--primer-drums: expected a non-empty list of pitch tuples, got {text!r}')
   steps = []
   for step in value:
-    if isinstance(step, int):
+    if _is_int(step):
       step = (step,)
     if not isinstance(step, (list, tuple, set, frozenset)) or not all(
-        isinstance(p, int) and 0 <= p <= 127 for p in step):
-      raise ValueError(f'--primer-drums: each step must be a tuple of MIDI pitches 0..127, '
+        _is_int(p) and 0 <= p <= 127 for p in step):
+      raise ValueError(f'--primer-drums: each step must be a tuple of int MIDI pitches 0..127, '
                        f'got {step!r}')
     steps.append(step)
   return events_lib.drum_events_to_class_indices(steps)
@@ -219,23 +243,47 @@ def parse_melody_primer(text: str) -> List[int]:
   if not isinstance(value, (list, tuple)) or not value:
     raise ValueError(f'--primer-melody: expected a non-empty list of events, got {text!r}')
   for event in value:
-    if not isinstance(event, int) or not -2 <= event <= 127:
+    if not _is_int(event) or not -2 <= event <= 127:
       raise ValueError('--primer-melody: events must be -2 (no event), -1 (note off) or a '
                        f'MIDI pitch 0..127, got {event!r}')
   return list(value)
 
 
+def read_midi(path: str):
+  """A MIDI file -> NoteSequence, with one-line errors for a missing, empty or damaged
+  file (before the model is loaded, so a typo fails at once)."""
+  import note_seq  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--primer-midi {path}: no such file')
+  if not os.path.getsize(path):
+    raise ValueError(f'--primer-midi {path}: the file is empty; give a standard MIDI file')
+  try:
+    sequence = note_seq.midi_file_to_note_sequence(path)
+  except Exception as e:  # pylint: disable=broad-except; pretty_midi / mido raise many kinds
+    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ValueError(f'--primer-midi {path}: not a readable MIDI file ({reason}); give a '
+                     'standard MIDI file (.mid)') from None
+  if not sequence.notes:
+    raise ValueError(f'--primer-midi {path}: the file has no notes')
+  return sequence
+
+
 def primer_from_midi(path: str, model: Model) -> Tuple[List[int], Optional[float]]:
-  """A MIDI file -> (events, its tempo or None), as Magenta's generators read primers.
+  """A MIDI file -> (events, its tempo or None), as Magenta's generators read primers
+  (primer_from_sequence)."""
+  return primer_from_sequence(read_midi(path), model, path)
+
+
+def primer_from_sequence(sequence, model: Model,
+                         path: str) -> Tuple[List[int], Optional[float]]:
+  """A primer NoteSequence read from `path` (read_midi) -> (events, its tempo or None).
 
   Quantized at the model's steps per quarter; the first drum track / melody (no gap
   limit, no minimum length, polyphony resolved to the highest note) from the bar of its
   first note, up to the end of its last note.
   """
-  import note_seq  # pylint: disable=g-import-not-at-top
   from note_seq import sequences_lib  # pylint: disable=g-import-not-at-top
   from music_rnn import extraction  # pylint: disable=g-import-not-at-top
-  sequence = note_seq.midi_file_to_note_sequence(path)
   qpm = sequence.tempos[0].qpm if sequence.tempos and sequence.tempos[0].qpm else None
   try:
     quantized = sequences_lib.quantize_note_sequence(sequence, model.steps_per_quarter)

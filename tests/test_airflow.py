@@ -16,6 +16,7 @@ from ml_metadata.proto import metadata_store_pb2
 from pipeline import configs
 from pipeline import mlmd_results
 from pipeline import pipeline as pipeline_lib
+from pipeline.settings import PipelineSettings
 from tests.conftest import PROJECT_ROOT, bundled, write_slice_with_eval
 
 AIRFLOW_BIN = os.path.join(PROJECT_ROOT, '.venv-airflow', 'bin')
@@ -40,11 +41,8 @@ BLESSING = 'max_perplexity_fraction=2,unigram_margin=none'
 
 def _expected_graph(config_name):
   """{component id: sorted upstream ids} of the one create_pipeline, for comparison."""
-  p = pipeline_lib.create_pipeline(
-      pipeline_name='x', pipeline_root='/tmp/x', data_root='/tmp/x', model_config=config_name,
-      serving_model_dir='/tmp/x', preprocessing_fn='module_file.preprocessing_fn',
-      run_fn='module_file.run_fn', train_steps=1, eval_steps=1,
-      blessing=configs.BLESSING.replace(BLESSING))
+  p = pipeline_lib.create_pipeline(PipelineSettings(
+      config_name, output_root='/tmp/x', blessing=configs.BLESSING.replace(BLESSING)))
   return {c.id: sorted(u.id for u in c.upstream_nodes) for c in p.components}
 
 
@@ -69,6 +67,9 @@ def airflow_env(tmp_path):
       MUSIC_RNN_AIRFLOW_HPARAMS='rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
       MUSIC_RNN_AIRFLOW_SERVING_DIR=str(tmp_path / 'serving'),
       MUSIC_RNN_AIRFLOW_BLESSING=BLESSING,
+      # Options beyond the basics reach the DAG too (all of them: test_settings_parity.py).
+      MUSIC_RNN_AIRFLOW_SEED='7',
+      MUSIC_RNN_AIRFLOW_CHECKPOINT_EVERY='2',
       TF_CPP_MIN_LOG_LEVEL='2')
 
 
@@ -125,6 +126,8 @@ def test_airflow_runs_the_pipeline(airflow_env, tmp_path):
   # TFX's legacy launcher records a resolver's query as a 'cached' execution.
   assert recorded.pop('latest_blessed_model_resolver') in ('complete', 'cached')
   assert recorded == {k: 'complete' for k in states if k != 'latest_blessed_model_resolver'}
+  trainer_config = json.loads(executions['Trainer'].properties['custom_config'].string_value)
+  assert trainer_config['seed'] == 7 and trainer_config['checkpoint_every'] == 2
   events = store.get_events_by_execution_ids([executions['Pusher'].id])
   [pushed] = store.get_artifacts_by_id(
       [ev.artifact_id for ev in events if ev.type == metadata_store_pb2.Event.OUTPUT])

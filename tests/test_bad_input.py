@@ -29,7 +29,8 @@ from music_rnn import configs
 from music_rnn import extraction
 from music_rnn import features
 from music_rnn import io_utils
-from tests.conftest import PROJECT_ROOT, bundled, hundred_thousand_notes
+from tests.conftest import (PROJECT_ROOT, bundled, bundled_raw_splits,
+                            hundred_thousand_notes, run_transform)
 
 CONFIGS = ('drum_kit', 'attention_rnn')
 MIDI_FIXTURES = os.path.join(PROJECT_ROOT, 'tests', 'fixtures', 'midi')
@@ -448,3 +449,209 @@ def test_convert_survives_unreadable_midi(tmp_path):
   assert _table(message)['failed_midi_unreadable'] == 3
   assert 'garbage.mid: midi_unreadable' in message
   assert not os.path.exists(bad_out)
+
+
+# --- Bad input on the generation side ------------------------------------------------
+# A real SavedModel per kind: an untrained tiny model exported as the Trainer exports
+# it, with the Transform graph of a few bundled pieces (no pipeline run: a minute, not
+# several). Plain-TF sampling (jit_compile=False): nothing here needs XLA's speed.
+
+GENERATE_BAD = 'music-rnn generate: error:'
+
+
+@pytest.fixture(scope='module')
+def tiny_exports(tmp_path_factory):
+  """{config name: exported SavedModel dir} for drum_kit and attention_rnn."""
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  from music_rnn import export  # pylint: disable=g-import-not-at-top
+  from music_rnn import model as model_lib  # pylint: disable=g-import-not-at-top
+  dirs = {}
+  for name in CONFIGS:
+    root = tmp_path_factory.mktemp(name)
+    raw = bundled_raw_splits(name, max_pieces=2)
+    run_transform(root, name, {'train': (raw['train'] + raw['eval'])[:4]})
+    config = configs.get_config(name)
+    hparams = config.hparams.replace(rnn_layer_sizes=(8,),
+                                     attn_length=min(config.hparams.attn_length, 4))
+    dirs[name] = export.export_serving_model(
+        model_lib.build_model(config, hparams), config, hparams,
+        tft.TFTransformOutput(str(root / 'transform_output')), str(root / 'export'),
+        jit_compile=False)
+  return dirs
+
+
+def _generate_error(capsys, argv):
+  """`music-rnn generate ARGV` in-process: (exit code, stderr lines)."""
+  from music_rnn import cli  # pylint: disable=g-import-not-at-top
+  capsys.readouterr()
+  try:
+    code = cli.main(['generate'] + argv)
+  except SystemExit as e:  # argparse's usage errors
+    code = e.code
+  err = capsys.readouterr().err
+  assert 'Traceback' not in err, err
+  return code, [line for line in err.splitlines() if line.strip()]
+
+
+def _bad_primer_files(folder):
+  """{case: path}: MIDI primers a user might give by mistake, real files."""
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(MIDI_FIXTURES, 'freedoom1_D_E1M8.mid'), 'rb') as f:
+    real = f.read()
+  files = {'empty': b'', 'random_bytes': random.Random(2).randbytes(3000),
+           'text': b'[(36,), (), (42,)]\n', 'header_only': real[:14]}
+  paths = {}
+  for case, data in files.items():
+    paths[case] = os.path.join(folder, f'{case}.mid')
+    with open(paths[case], 'wb') as f:
+      f.write(data)
+  return paths
+
+
+def test_generate_refuses_bad_primers_and_models_in_one_line(tiny_exports, tmp_path, capsys):
+  drums = tiny_exports['drum_kit']
+  out = ['--output-dir', str(tmp_path / 'out')]
+  primers = _bad_primer_files(str(tmp_path / 'primers'))
+  (tmp_path / 'not_a_model').mkdir()
+  cases = [
+      (['--model-dir', drums, '--primer-midi', primers['empty']], 'the file is empty'),
+      (['--model-dir', drums, '--primer-midi', primers['random_bytes']],
+       'not a readable MIDI file'),
+      (['--model-dir', drums, '--primer-midi', primers['text']], 'not a readable MIDI file'),
+      (['--model-dir', drums, '--primer-midi', primers['header_only']],
+       'not a readable MIDI file'),
+      (['--model-dir', drums, '--primer-midi', str(tmp_path / 'missing.mid')], 'no such file'),
+      (['--model-dir', str(tmp_path / 'missing_model')], 'is not a directory'),
+      (['--model-dir', str(tmp_path / 'not_a_model')], 'is not a SavedModel'),
+      # True is an int in Python: it must not pass as pitch 1.
+      (['--model-dir', drums, '--primer-drums', '[(36,True)]'],
+       'each step must be a tuple of int MIDI pitches 0..127, got (36, True)'),
+      (['--model-dir', drums, '--primer-drums', '[(36,), 200]'], 'got (200,)'),
+      (['--model-dir', drums, '--primer-drums', '[(36,'], 'cannot parse'),
+      (['--model-dir', tiny_exports['attention_rnn'], '--primer-melody', '[60, True]'],
+       'a MIDI pitch 0..127, got True'),
+      (['--model-dir', drums, '--primer-melody', '[60]'],
+       'drum_kit is a drums model: use --primer-drums'),
+      (['--model-dir', drums, '--num-outputs', '100', '--num-steps', '16384'],
+       f'1638400 events; at most {2 ** 20} in all (limits.MAX_TOTAL_STEPS)'),
+  ]
+  for argv, message in cases:
+    code, lines = _generate_error(capsys, argv + out)
+    assert code == 2, (argv, lines)
+    assert len(lines) == 1 and lines[0].startswith(GENERATE_BAD), (argv, lines)
+    assert message in lines[0], (argv, lines)
+  assert not (tmp_path / 'out').exists()
+
+  # argparse names the bound (and prints its usage first).
+  code, lines = _generate_error(capsys, ['--model-dir', drums, '--num-steps', '100000000'] + out)
+  assert code == 2
+  assert lines[-1] == ('music-rnn generate: error: argument --num-steps: expected an integer '
+                       'in [2, 16384] (limits.MAX_NUM_STEPS), got 100000000')
+
+
+def test_a_damaged_model_is_a_failed_run_with_a_traceback_only_on_debug(tiny_exports,
+                                                                         tmp_path):
+  """Exit 1 (the flags were fine, the run failed), one line; --debug adds the traceback."""
+  damaged = str(tmp_path / 'damaged')
+  shutil.copytree(tiny_exports['drum_kit'], damaged)
+  (data,) = [os.path.join(damaged, 'variables', f)
+             for f in os.listdir(os.path.join(damaged, 'variables')) if '.data-' in f]
+  with open(data, 'r+b') as f:
+    f.truncate(100)
+  argv = ('generate', '--model-dir', damaged, '--output-dir', str(tmp_path / 'out'))
+  plain, debug = _Cli(*argv), _Cli(*argv, '--debug')
+  for run, traceback_shown in ((plain, False), (debug, True)):
+    proc = run.result()
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = _error_lines(proc.stderr)
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert f'{damaged}: cannot load the SavedModel' in errors[0]
+    assert ('Traceback (most recent call last)' in proc.stderr) == traceback_shown
+    assert ('run again with --debug' in errors[0]) != traceback_shown
+  assert not (tmp_path / 'out').exists()
+
+
+def _generate(loaded, primer, num_steps):
+  return loaded.signatures['generate'](
+      primer=tf.constant(primer, tf.int64), num_steps=tf.constant(num_steps, tf.int32),
+      temperature=tf.constant(1.0), seed=tf.constant(0, tf.int64))
+
+
+def test_generation_signatures_refuse_requests_beyond_the_bounds(tiny_exports):
+  from music_rnn import limits  # pylint: disable=g-import-not-at-top
+  loaded = _load(tiny_exports['drum_kit'])
+  primer = [[1, 0]]
+  cases = [
+      (dict(primer=primer, num_steps=100_000_000),
+       'generate: num_steps must be <= 16384 (limits.MAX_NUM_STEPS); got 100000000'),
+      (dict(primer=primer, num_steps=2 ** 31 - 1), 'got 2147483647'),  # no int32 wrap
+      (dict(primer=primer, num_steps=limits.MAX_NUM_STEPS - 1),
+       'generate: a sequence may have at most 16384 events (limits.MAX_NUM_STEPS), primer '
+       'included; got 2 + num_steps 16383'),
+      (dict(primer=[[1, 0]] * 65, num_steps=limits.MAX_NUM_STEPS - 2),
+       'generate: a request may have at most 1048576 events in all rows '
+       '(limits.MAX_TOTAL_STEPS); got 65 rows x 16384 events'),
+  ]
+  for kwargs, message in cases:
+    with pytest.raises(tf.errors.InvalidArgumentError) as exc:
+      _generate(loaded, **kwargs)
+    assert message in exc.value.message, exc.value.message
+  with pytest.raises(tf.errors.InvalidArgumentError, match='prime: a sequence may have at '
+                     r'most 16384 events .*got 16385 \+ num_steps 0'):
+    loaded.signatures['prime'](primer=tf.zeros([1, limits.MAX_NUM_STEPS + 1], tf.int64))
+  primed = loaded.signatures['prime'](primer=tf.constant(primer, tf.int64))
+  with pytest.raises(tf.errors.InvalidArgumentError, match='extend: num_steps must be <= '
+                     '16384'):
+    loaded.signatures['extend'](
+        events=primed['events'], state=primed['state'], num_steps=tf.constant(20_000),
+        temperature=tf.constant(1.0), seed=tf.constant(0, tf.int64))
+  # At the bounds it is fine.
+  assert _generate(loaded, primer, 3)['events'].shape == (1, 5)
+
+
+@functools.lru_cache(maxsize=None)
+def _load(path):
+  return tf.saved_model.load(path)
+
+
+def _raw_example(**int_features):
+  feature = {k: tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+             for k, v in int_features.items()}
+  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+GOOD_DRUMS = dict(drum_pitches=[36, 42, 38], drum_pitch_counts=[2, 0, 1])
+BAD_RAW_EVENTS = [
+    ('attention_rnn', dict(melody_events=[60, -3, 62]),
+     'melody_events must hold -2 (no event), -1 (note off) or MIDI pitches 0..127; got [-3]'),
+    ('attention_rnn', dict(melody_events=[60, 128, 300]),
+     'melody_events must hold -2 (no event), -1 (note off) or MIDI pitches 0..127; got '
+     '[128 300]'),
+    ('drum_kit', dict(drum_pitches=[36, 200], drum_pitch_counts=[1, 1]),
+     'drum_pitches must hold MIDI pitches 0..127; got [200]'),
+    ('drum_kit', dict(drum_pitches=[36], drum_pitch_counts=[2, -1]),
+     'drum_pitch_counts must be >= 0; got [-1]'),
+    ('drum_kit', dict(drum_pitches=[36, 42, 38], drum_pitch_counts=[1, 0, 1]),
+     'drum_pitch_counts must add up to the number of drum_pitches of the example; got 2 '
+     'for 3 pitches in example 1'),
+    ('drum_kit', dict(drum_pitches=[36], drum_pitch_counts=[1, 1]),
+     'drum_pitch_counts must add up to the number of drum_pitches of the example; got 2 '
+     'for 1 pitches in example 1'),
+]
+
+
+@pytest.mark.parametrize('name, features_, message', BAD_RAW_EVENTS,
+                         ids=[f'{c[0]}-{i}' for i, c in enumerate(BAD_RAW_EVENTS)])
+def test_serving_and_evaluate_refuse_bad_raw_events(tiny_exports, name, features_, message):
+  """One InvalidArgumentError naming the feature and the value, from both signatures;
+  the good example before the bad one changes nothing."""
+  loaded = _load(tiny_exports[name])
+  good = (_raw_example(melody_events=[60, -2, 62]) if name == 'attention_rnn'
+          else _raw_example(**GOOD_DRUMS))
+  for signature in ('serving_default', 'evaluate'):
+    call = loaded.signatures[signature]
+    assert call(examples=tf.constant([good, good]))  # the good ones pass
+    with pytest.raises(tf.errors.InvalidArgumentError) as exc:
+      call(examples=tf.constant([good, _raw_example(**features_)]))
+    failed = [l for l in exc.value.message.splitlines() if 'assertion failed' in l]
+    assert failed == [f'assertion failed: [{signature}: {message}]'], exc.value.message

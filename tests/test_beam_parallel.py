@@ -24,6 +24,7 @@ from pipeline import configs
 from pipeline import local_runner
 from pipeline import mlmd_results
 from pipeline import pipeline as pipeline_lib
+from pipeline.settings import PipelineSettings
 from tests.conftest import bundled, write_slice_with_eval
 
 PARALLEL_ARGS = ['--direct_running_mode=multi_processing', '--direct_num_workers=2']
@@ -66,19 +67,16 @@ def _count(uri, split):
 def test_beam_components_in_multi_processing_mode(tmp_path):
   config = model_configs.get_config('drum_kit')
   data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 10)
-  root, pattern = local_runner.split_data_path(data)
-  metadata = str(tmp_path / 'metadata.db')
-  p = pipeline_lib.create_pipeline(
-      pipeline_name='beam-parallel', pipeline_root=str(tmp_path / 'root'), data_root=root,
-      data_pattern=pattern, model_config=config.name, serving_model_dir=str(tmp_path / 'serving'),
-      preprocessing_fn=configs.PREPROCESSING_FN, run_fn=configs.RUN_FN, train_steps=1,
-      eval_steps=1,
-      metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-          metadata),
+  settings = PipelineSettings(
+      config.name, data=data, output_root=str(tmp_path / 'out'), train_steps=1, eval_steps=1,
       beam_pipeline_args=PARALLEL_ARGS,
       # No baseline resolver: TFX's partial run cannot skip a resolver without a snapshot
       # of an earlier run, and nothing here reaches the Evaluator.
       blessing=configs.BLESSING.replace('loss_tolerance=none'))
+  metadata = settings.metadata_path
+  os.makedirs(os.path.dirname(metadata))
+  p = pipeline_lib.create_pipeline(
+      settings, tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata))
   # Only the Beam part: everything up to Transform (partial run of the same pipeline).
   run_options = pipeline_pb2.RunOptions(
       partial_run=pipeline_pb2.PartialRun(to_nodes=['Transform']))
@@ -90,7 +88,7 @@ def test_beam_components_in_multi_processing_mode(tmp_path):
   finally:
     watcher.stop()
 
-  results = mlmd_results.latest_results(metadata, 'beam-parallel')
+  results = mlmd_results.latest_results(metadata, settings.pipeline_name)
   assert {k: r.state for k, r in results.items()} == {
       k: 'COMPLETE' for k in ('NoteSequenceExampleGen', 'StatisticsGen', 'SchemaGen',
                               'Transform')}
@@ -128,8 +126,8 @@ def test_beam_components_in_multi_processing_mode(tmp_path):
 def test_run_command_beam_arguments(monkeypatch, tmp_path, argv, expected):
   seen = {}
 
-  def fake_run(**kwargs):
-    seen.update(kwargs)
+  def fake_run(settings):
+    seen.update(beam_pipeline_args=list(settings.beam_pipeline_args))
     raise ValueError('stop here')  # the CLI prints it and exits 2
 
   monkeypatch.setattr(local_runner, 'run', fake_run)

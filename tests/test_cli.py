@@ -1,5 +1,6 @@
 """The `music-rnn` command line: bad flags fail fast with a clear message."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -8,7 +9,7 @@ import pytest
 
 from music_rnn import cli
 from music_rnn import configs
-from tests.conftest import bundled, write_slice
+from tests.conftest import PROJECT_ROOT, bundled, write_slice
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -94,3 +95,68 @@ def test_blessing_overrides_keep_the_other_defaults():
   assert off.unigram_margin is None and off.max_loss_vs_unigram is None
   assert off.loss_tolerance == default.loss_tolerance
   assert default.replace('unigram_margin=0.25').max_loss_vs_unigram == pytest.approx(0.75)
+
+
+# --- Every command: one line per mistake, exit 2 usage / 1 failed run, --debug. ---------
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--num-steps', '100000000'],
+     'argument --num-steps: expected an integer in [2, 16384] (limits.MAX_NUM_STEPS), '
+     'got 100000000'),
+    (['--num-steps', '1'], 'expected an integer in [2, 16384]'),
+    (['--num-outputs', '0'], 'expected a positive integer, got 0'),
+    (['--temperature', 'hot'], "expected a number > 0, got 'hot'"),
+])
+def test_generate_flags_name_their_bounds(capsys, argv, message):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(['generate', '--output-dir', 'out'] + argv)
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err
+
+
+def test_every_command_runs_under_the_error_handler_and_takes_debug():
+  parser = cli.build_parser()
+  # pylint: disable-next=protected-access; argparse keeps its subcommands there
+  (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+  assert set(sub.choices) == set(cli.COMMANDS)
+  for command, command_parser in sub.choices.items():
+    assert '[--debug]' in command_parser.format_usage(), command
+  generate = ['generate', '--output-dir', 'o']
+  assert parser.parse_args(['--debug'] + generate).debug
+  assert parser.parse_args(generate + ['--debug']).debug
+  assert not parser.parse_args(generate).debug
+
+
+def _generate(tmp_path, *args, debug=False):
+  """`music-rnn generate` in a fresh process (these fail before TensorFlow loads)."""
+  argv = [sys.executable, '-m', 'music_rnn.cli', 'generate', '--model-dir',
+          str(tmp_path / 'no_model'), '--output-dir', str(tmp_path / 'out'), *args]
+  return subprocess.run(argv + (['--debug'] if debug else []), capture_output=True,
+                        text=True, timeout=300, cwd=PROJECT_ROOT)
+
+
+def test_generate_checks_flags_before_loading_anything(tmp_path):
+  """Primer text and the size bound fail at once (the model dir does not even exist);
+  --debug adds the traceback, without it there is one line."""
+  cases = [
+      (('--primer-drums', '[(36,True)]'),
+       '--primer-drums: each step must be a tuple of int MIDI pitches 0..127, got (36, True)'),
+      (('--primer-melody', '[60, -3]'), '--primer-melody: events must be -2 (no event)'),
+      (('--num-outputs', '1000', '--num-steps', '2000'),
+       '--num-outputs x --beam-size x --branch-factor x --num-steps: 1000 sequences x 2000 '
+       'events = 2000000 events; at most 1048576 in all (limits.MAX_TOTAL_STEPS)'),
+      # Every beam is a row.
+      (('--num-steps', '512', '--beam-size', '8', '--branch-factor', '8', '--num-outputs',
+        '40'), '2560 sequences x 512 events = 1310720 events; at most 1048576 in all'),
+  ]
+  for args, message in cases:
+    proc = _generate(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith('music-rnn generate: error: ') and message in line, line
+  debug = _generate(tmp_path, *cases[0][0], debug=True)
+  assert debug.returncode == 2
+  assert 'Traceback (most recent call last)' in debug.stderr
+  assert debug.stderr.splitlines()[-1] == f'music-rnn generate: error: {cases[0][1]}'
+  assert not (tmp_path / 'out').exists()

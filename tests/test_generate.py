@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import random
+import re
 
 import numpy as np
 import pytest
@@ -198,11 +199,14 @@ def test_bad_arguments_fail_clearly(name):
       (dict(primer=np.array([[0, bad_event]], np.int64)), 'must hold'),
       (dict(primer=np.array([[-3, 0]], np.int64)), 'must hold'),
       (dict(num_steps=tf.constant(0)), 'num_steps must be >= 1; got 0'),
+      (dict(num_steps=tf.constant(100_000_000)),
+       'num_steps must be <= 16384 (limits.MAX_NUM_STEPS); got 100000000'),
+      (dict(num_steps=tf.constant(16_383)), 'a sequence may have at most 16384 events'),
       (dict(temperature=tf.constant(0.0)), 'temperature must be > 0; got 0'),
       (dict(temperature=tf.constant(float('nan'))), 'temperature must be > 0'),
   ]
   for override, message in cases:
-    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(message)):
       gen.generate(**{**ok, **override})
 
 
@@ -231,7 +235,7 @@ def exported(tmp_path_factory):
     data = write_slice_with_eval(bundled(kind), str(root / 'data' / f'{kind}.tfrecord'), n)
     summary = local_runner.run(
         model_config=name, data=data, train_steps=2, eval_steps=1, hparams=spec['hparams'],
-        seed=3, output_root=str(root / 'out'), serving_models_dir=str(root / 'serving'),
+        seed=3, output_root=str(root / 'out'), serving_dir=str(root / 'serving'),
         blessing=smoke_blessing())
     assert summary.pushed_model, summary
     dirs[name] = summary.pushed_model
@@ -253,6 +257,7 @@ for name, (path, primer, bad_event) in json.loads(sys.argv[1]).items():
   for case, kwargs in {'empty': dict(primer=np.zeros([1, 0], np.int64)),
                        'out_of_range': dict(primer=[[0, bad_event, 0]]),
                        'num_steps': dict(num_steps=0),
+                       'too_long': dict(num_steps=100000000),
                        'temperature': dict(temperature=0.0)}.items():
     try:
       call(**kwargs)
@@ -300,6 +305,8 @@ def test_generate_signature_in_a_fresh_process(exported):
     assert 'generate: primer must have at least one event' in errors['empty']
     assert 'generate: primer must hold' in errors['out_of_range']
     assert 'num_steps must be >= 1; got 0' in errors['num_steps']
+    assert 'num_steps must be <= 16384 (limits.MAX_NUM_STEPS); got 100000000' in (
+        errors['too_long'])
     assert 'temperature must be > 0; got 0' in errors['temperature']
 
 
@@ -407,6 +414,27 @@ def test_latest_model_dir_is_the_newest_version(tmp_path):
     client.parse_melody_primer('[60, 200]')
   with pytest.raises(ValueError, match='cannot parse'):
     client.parse_drum_primer('[(36,')
+  # bool is an int in Python; True must not pass as pitch 1.
+  for text in ('[(36, True)]', '[True]', '[(36,), (False,)]'):
+    with pytest.raises(ValueError, match='int MIDI pitches 0..127'):
+      client.parse_drum_primer(text)
+  with pytest.raises(ValueError, match='got True'):
+    client.parse_melody_primer('[60, True]')
+
+
+def test_transpose_melodies_is_note_seq_melody_transpose():
+  """The one octave fold (squash, generate's way back, the client's) against note-seq."""
+  import note_seq  # pylint: disable=g-import-not-at-top
+  rng = random.Random(4)
+  for min_note, max_note in ((0, 128), (48, 84)):
+    rows = [[rng.choice([-2, -1] + list(range(128))) for _ in range(40)] for _ in range(6)]
+    amounts = [rng.randrange(-70, 70) for _ in rows]
+    got = encoding.transpose_melodies(tf.constant(rows, tf.int64),
+                                      tf.constant(amounts, tf.int64), min_note, max_note)
+    for row, amount, events in zip(rows, amounts, got.numpy()):
+      melody = note_seq.Melody(row)
+      melody.transpose(amount, min_note, max_note)
+      assert list(events) == list(melody), (row, amount)
 
 
 # --- The `evaluate` signature the Evaluator scores with. -----------------------------

@@ -22,6 +22,8 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 from tfx.utils import name_utils
 
+from pipeline import pipeline as pipeline_lib
+
 from tests.conftest import PROJECT_ROOT
 
 KUBEFLOW_DIR = os.path.join(PROJECT_ROOT, 'kubeflow')
@@ -52,14 +54,18 @@ def compiled(tmp_path_factory):
   out = tmp_path_factory.mktemp('specs')
   result = {}
   for config, data in DATA.items():
-    args = dict(model_config=config, pipeline_root=PIPELINE_ROOT, data=data,
-                beam_pipeline_args=DATAFLOW_ARGS, train_steps=50, eval_steps=5,
-                hparams={'rnn_layer_sizes': [64, 64]})
     json_path, yaml_path = str(out / f'{config}.json'), str(out / f'{config}.yaml')
-    job = runner.compile_pipeline(image=IMAGE, output=json_path, **args)
-    runner.compile_pipeline(image=IMAGE, output=yaml_path, **args)
-    result[config] = (runner.build_pipeline(**args), job, json_path, yaml_path)
+    settings = runner.settings_from_args(_argv(config, data, json_path))
+    job = runner.compile_pipeline(settings, json_path)
+    runner.compile_pipeline(settings, yaml_path)
+    result[config] = (pipeline_lib.create_pipeline(settings), job, json_path, yaml_path)
   return result
+
+
+def _argv(config, data, output, *more):
+  return ['--config', config, '--pipeline-root', PIPELINE_ROOT, '--data', data, '--image', IMAGE,
+          '--beam-pipeline-args=' + ' '.join(DATAFLOW_ARGS), '--train-steps', '50',
+          '--eval-steps', '5', '--hparams', 'rnn_layer_sizes=[64,64]', '--output', output, *more]
 
 
 @pytest.mark.parametrize('config', sorted(DATA))
@@ -72,7 +78,7 @@ def test_specs_parse_with_kfp_protos_and_loader(compiled, config):
   parsed = json_format.ParseDict(on_disk, pipeline_spec_pb2.PipelineJob())
   name = 'music-rnn-' + config.replace('_', '-')
   assert parsed.display_name == name
-  assert parsed.runtime_config.gcs_output_directory == f'{PIPELINE_ROOT}/{name}'
+  assert parsed.runtime_config.gcs_output_directory == f'{PIPELINE_ROOT}/pipelines/{name}'
   spec = json_format.ParseDict(on_disk['pipelineSpec'], pipeline_spec_pb2.PipelineSpec())
   assert spec.pipeline_info.name == name
   assert spec.schema_version == '2.0.0' and spec.sdk_version == 'tfx-1.16.0'
@@ -97,7 +103,8 @@ def test_vertex_client_accepts_the_job(compiled):
       location='europe-west4', credentials=credentials.AnonymousCredentials(),
       enable_caching=True)
   request = job._gca_resource  # pylint: disable=protected-access
-  assert request.runtime_config.gcs_output_directory == f'{PIPELINE_ROOT}/music-rnn-drum-kit'
+  assert request.runtime_config.gcs_output_directory == (
+      f'{PIPELINE_ROOT}/pipelines/music-rnn-drum-kit')
   assert sorted(request.pipeline_spec['root']['dag']['tasks']) == _task_names(pipeline)
 
 
@@ -163,10 +170,10 @@ def test_every_component_image_command_args_and_wiring(compiled, config):
   assert trainer_config['config_name'] == config
   assert trainer_config['hparams'] == {'rnn_layer_sizes': [64, 64]}
   assert json.loads(param('Trainer', 'train_args')['stringValue']) == {'num_steps': 50}
-  name = 'music-rnn-' + config.replace('_', '-')
   push = json.loads(param('Pusher', 'push_destination')['stringValue'])
-  assert push['filesystem']['base_directory'] == (
-      f'{PIPELINE_ROOT}/{name}/serving_model/{config}')
+  assert push['filesystem']['base_directory'] == f'{PIPELINE_ROOT}/serving/{config}'
+  assert trainer_config['checkpoint_dir'] == (
+      f'{PIPELINE_ROOT}/checkpoints/music-rnn-{config.replace("_", "-")}')
 
 
 def test_split_data_path_is_textual():
@@ -257,3 +264,101 @@ def test_image_code_parses_as_python_310(image_layout):
   for path in sources:
     with open(path) as f:
       ast.parse(f.read(), filename=path, feature_version=(3, 10))
+
+
+# --- Accelerators, machine types and replicas for the Trainer and Tuner. -----------
+
+
+def _compile(tmp_path, *flags):
+  out = str(tmp_path / 'spec.json')
+  assert runner.main(_argv('drum_kit', DATA['drum_kit'], out, '--tune', *flags)) == 0
+  with open(out) as f:
+    job = json.load(f)
+  json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())  # strict: no unknown field
+  return job
+
+
+def _containers(job):
+  """{task name: container spec} of every task that runs a container."""
+  spec = job['pipelineSpec']
+  executors = spec['deploymentSpec']['executors']
+  out = {}
+  for name, task in spec['root']['dag']['tasks'].items():
+    label = spec['components'][task['componentRef']['name']].get('executorLabel')
+    if label and 'container' in executors[label]:
+      out[name] = executors[label]['container']
+  return out
+
+
+def _custom_config(job, task):
+  param = job['pipelineSpec']['root']['dag']['tasks'][task]['inputs']['parameters']
+  return json.loads(param['custom_config']['runtimeValue']['constantValue']['stringValue'])
+
+
+def test_accelerators_are_requested_for_trainer_and_tuner_containers(tmp_path):
+  job = _compile(tmp_path, '--trainer-accelerator-type', 'NVIDIA_TESLA_T4',
+                 '--trainer-accelerator-count', '2', '--tuner-accelerator-type', 'TPU_V3',
+                 '--tuner-accelerator-count', '8')
+  containers = _containers(job)
+  assert containers['Trainer']['resources'] == {'accelerator': {
+      'type': 'NVIDIA_TESLA_T4', 'count': '2', 'resourceType': 'NVIDIA_TESLA_T4',
+      'resourceCount': '2'}}
+  assert containers['Tuner']['resources']['accelerator']['resourceType'] == 'TPU_V3'
+  assert containers['Tuner']['resources']['accelerator']['count'] == '8'
+  # Nothing else asks for them, and the components themselves are the usual ones.
+  assert sorted(n for n, c in containers.items() if 'resources' in c) == ['Trainer', 'Tuner']
+  assert containers['Trainer']['args'][1] == 'tfx.components.trainer.executor.GenericExecutor'
+  assert containers['Tuner']['args'][1] == 'music_rnn.tuning.ReportingTunerExecutor'
+
+
+def test_machine_type_and_replicas_run_vertex_training_jobs(tmp_path):
+  """TFX's ai_platform Trainer/Tuner with Vertex worker pools: a chief and N-1 workers of
+  the machine, in the pipeline image; the pools parse as Vertex AI's CustomJobSpec."""
+  from google.cloud import aiplatform_v1  # pylint: disable=g-import-not-at-top
+  job = _compile(tmp_path, '--trainer-machine-type', 'a2-highgpu-1g',
+                 '--trainer-accelerator-type', 'NVIDIA_TESLA_A100',
+                 '--trainer-accelerator-count', '1', '--trainer-replica-count', '3',
+                 '--tuner-replica-count', '2', '--vertex-project', 'my-project',
+                 '--vertex-region', 'europe-west4')
+  containers = _containers(job)
+  assert containers['Trainer']['args'][1] == (
+      'tfx.extensions.google_cloud_ai_platform.trainer.executor.GenericExecutor')
+  assert containers['Tuner']['args'][1] == (
+      'tfx.extensions.google_cloud_ai_platform.tuner.executor.Executor')
+  assert not any('resources' in c for c in containers.values())  # the job's machines have them
+
+  trainer = _custom_config(job, 'Trainer')
+  assert trainer['config_name'] == 'drum_kit'  # run_fn's own settings ride along
+  assert trainer['ai_platform_enable_vertex'] is True
+  assert trainer['ai_platform_vertex_region'] == 'europe-west4'
+  args = trainer['ai_platform_training_args']
+  assert args['project'] == 'my-project'
+  pools = aiplatform_v1.types.CustomJobSpec.from_json(
+      json.dumps(args['job_spec'])).worker_pool_specs
+  assert [p.replica_count for p in pools] == [1, 2]
+  for pool in pools:
+    assert pool.machine_spec.machine_type == 'a2-highgpu-1g'
+    assert pool.machine_spec.accelerator_type.name == 'NVIDIA_TESLA_A100'
+    assert pool.machine_spec.accelerator_count == 1
+    assert pool.container_spec.image_uri == IMAGE
+
+  tuner = _custom_config(job, 'Tuner')
+  pools = aiplatform_v1.types.CustomJobSpec.from_json(
+      json.dumps(tuner['ai_platform_tuning_args']['job_spec'])).worker_pool_specs
+  assert [p.replica_count for p in pools] == [1, 1]
+  assert pools[0].machine_spec.machine_type == 'n1-standard-8'  # the default machine
+  tune_args = job['pipelineSpec']['root']['dag']['tasks']['Tuner']['inputs']['parameters'][
+      'tune_args']['runtimeValue']['constantValue']['stringValue']
+  assert json.loads(tune_args) == {'num_parallel_trials': 2}
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--trainer-replica-count', '2'], '--vertex-project, --vertex-region'),
+    (['--tuner-machine-type', 'n1-standard-4'], '--vertex-project, --vertex-region'),
+    (['--trainer-accelerator-type', 'NVIDIA_TESLA_T4'], 'a count >= 1 together'),
+])
+def test_resource_flags_that_cannot_run_are_usage_errors(tmp_path, capsys, flags, message):
+  with pytest.raises(SystemExit) as exc:
+    runner.main(_argv('drum_kit', DATA['drum_kit'], str(tmp_path / 'x.json'), *flags))
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err

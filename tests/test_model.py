@@ -162,6 +162,63 @@ def test_fast_core_equals_keras_layers_formulation(name, loop_jit):
     np.testing.assert_allclose(f, r, atol=1e-5 * max(1., np.abs(r).max()), err_msg=v.path)
 
 
+def _random_layer_weights(units, attn_length, seed):
+  """Step weights of one layer (attention if attn_length), random, float32."""
+  rng = np.random.default_rng(seed)
+  normal = lambda *shape: tf.constant(rng.normal(size=shape).astype(np.float32) * 0.4)  # noqa: E731
+  if not attn_length:
+    return {'recurrent': normal(units, 4 * units)}
+  return {'recurrent': normal(2 * units, 4 * units), 'query': normal(2 * units, units),
+          'query_bias': normal(units), 'attn_w': normal(units, units),
+          'attn_v': normal(units), 'out': normal(2 * units, units),
+          'out_bias': normal(units), 'attn_length': attn_length}
+
+
+def _stepped_layer(weights, zx):
+  """The layer as generation runs it: layer_step one step at a time (window oldest
+  first), differentiated by plain autodiff."""
+  state = model_lib.zero_layer_state(weights, zx.shape[0], tf.float32)
+  outputs = []
+  for t in range(zx.shape[1]):
+    out, state = model_lib.layer_step(weights)(zx[:, t], state, weights)
+    outputs.append(out)
+  return tf.stack(outputs, 1)
+
+
+@pytest.mark.parametrize('num_steps', [3, 8], ids=['shorter_than_window', 'longer'])
+@pytest.mark.parametrize('attn_length', [0, 5], ids=['lstm', 'attention'])
+@pytest.mark.parametrize('jit_compile', [False, True], ids=['xla_loops', 'xla_step'])
+def test_hand_written_layer_gradients_equal_autodiff(attn_length, num_steps, jit_compile):
+  """run_layer's forward (ring window) and hand-written backward == autodiff of the
+  generation step run step by step, for the inputs and every loop weight; also when
+  the run_layer call sits inside an XLA-compiled function (the whole train step)."""
+  units, batch = 6, 3
+  weights = _random_layer_weights(units, attn_length, seed=attn_length + num_steps)
+  names = [k for k in model_lib.LOOP_WEIGHTS if k in weights]
+  rng = np.random.default_rng(1)
+  zx = tf.constant(rng.normal(size=(batch, num_steps, 4 * units)).astype(np.float32))
+  d_out = tf.constant(rng.normal(size=(batch, num_steps, units)).astype(np.float32))
+
+  def gradients(layer_fn, zx, tensors):
+    with tf.GradientTape() as tape:
+      tape.watch([zx, tensors])
+      outputs = layer_fn({**weights, **tensors}, zx)
+      loss = tf.reduce_sum(outputs * d_out)
+    return [outputs] + tape.gradient(loss, [zx, [tensors[k] for k in names]])
+
+  fast_fn = lambda w, zx: model_lib.run_layer(w, zx, jit_compile=not jit_compile)  # noqa: E731
+  if jit_compile:
+    fast_fn = tf.function(fast_fn, jit_compile=True)
+  tensors = {k: weights[k] for k in names}
+  fast = tf.nest.flatten(gradients(fast_fn, zx, tensors))
+  reference = tf.nest.flatten(gradients(_stepped_layer, zx, tensors))
+  for what, f, r in zip(['outputs', 'zx'] + names, fast, reference):
+    r = r.numpy()
+    assert np.abs(r).max() > 1e-3, what
+    np.testing.assert_allclose(f.numpy(), r, atol=1e-5 * max(1., np.abs(r).max()),
+                               err_msg=what)
+
+
 def test_keras_layers_formulation_is_the_old_model():
   """reference_call is a plain Keras model: a separately built stack of
   keras.layers.LSTM / RNN(AttentionLSTMCell) with the weights copied in agrees."""

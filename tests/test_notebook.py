@@ -48,10 +48,10 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   data = write_slice_with_eval(bundled('drums'), str(tmp_path / 'data' / 'drums.tfrecord'), 10)
   out = str(tmp_path / 'out')
   for key, value in {
-      'CONFIG': 'drum_kit', 'DATA': data, 'TRAIN_STEPS': '3', 'EVAL_STEPS': '2',
+      'MODEL_CONFIG': 'drum_kit', 'DATA': data, 'TRAIN_STEPS': '3', 'EVAL_STEPS': '2',
       'HPARAMS': 'rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
       'TUNE': '1', 'MAX_TRIALS': '2', 'TRIAL_STEPS': '2', 'TENSORBOARD': '1',
-      'GENERATE_STEPS': '16', 'OUTPUT': out, 'BLESSING': SMOKE_BLESSING}.items():
+      'GENERATE_STEPS': '16', 'OUTPUT_ROOT': out, 'BLESSING': SMOKE_BLESSING}.items():
     monkeypatch.setenv('MUSIC_RNN_NB_' + key, value)
   monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
   # The kernel imports the working tree, like pytest (pythonpath = .), not whatever an older

@@ -48,7 +48,7 @@ def _run(tmp_path, config_name, blessing=BLESSING, train_steps=3, **hparams):
   return local_runner.run(
       model_config=config_name, data=data, train_steps=train_steps, eval_steps=2,
       hparams={**SMALL[config_name]['hparams'], **hparams}, seed=7,
-      output_root=str(tmp_path / 'out'), serving_models_dir=str(tmp_path / 'serving'),
+      output_root=str(tmp_path / 'out'), serving_dir=str(tmp_path / 'serving'),
       blessing=pipeline_configs.BLESSING.replace(blessing))
 
 

@@ -110,14 +110,12 @@ def test_checkpointer_keeps_the_k_best_and_counts_evals_since_best(tmp_path):
 
 def test_pipeline_passes_a_stable_checkpoint_dir_and_the_base_model(tmp_path):
   from pipeline import pipeline as pipeline_lib
-  kwargs = dict(pipeline_name='p', pipeline_root=str(tmp_path / 'root'),
-                data_root=str(tmp_path), model_config=CONFIG,
-                serving_model_dir=str(tmp_path / 'serving'),
-                preprocessing_fn='module_file.preprocessing_fn', run_fn='module_file.run_fn',
-                train_steps=5, eval_steps=1)
-  p = pipeline_lib.create_pipeline(
-      **kwargs, checkpoint_dir='/ckpt', warm_start_from='/models/drum_kit/1',
-      trainer_options={'checkpoint_every': 2, 'mixed_precision': 'auto'})
+  from pipeline.settings import PipelineSettings
+  settings = PipelineSettings(CONFIG, data=str(tmp_path), output_root=str(tmp_path / 'root'),
+                              train_steps=5, eval_steps=1)
+  p = pipeline_lib.create_pipeline(settings.replace(
+      checkpoint_dir='/ckpt', warm_start_from='/models/drum_kit/1', checkpoint_every=2,
+      mixed_precision='auto'))
   nodes = {c.id: c for c in p.components}
   custom = nodes['Trainer'].exec_properties['custom_config']
   custom = json.loads(custom) if isinstance(custom, str) else custom
@@ -125,13 +123,14 @@ def test_pipeline_passes_a_stable_checkpoint_dir_and_the_base_model(tmp_path):
   assert custom['checkpoint_every'] == 2 and custom['mixed_precision'] == 'auto'
   assert nodes['base_model_importer'].exec_properties['artifact_uri'] == '/models/drum_kit/1'
   assert nodes['Trainer'].inputs['base_model'].producer_component_id == 'base_model_importer'
-  # Without one, the pipeline root (stable across executions) holds the checkpoints.
-  trainer, = [c for c in pipeline_lib.create_pipeline(**kwargs).components if c.id == 'Trainer']
+  # Without one, a root outside any execution (stable across executions) holds them.
+  trainer, = [c for c in pipeline_lib.create_pipeline(settings).components if c.id == 'Trainer']
   custom = trainer.exec_properties['custom_config']
   custom = json.loads(custom) if isinstance(custom, str) else custom
-  assert custom['checkpoint_dir'] == str(tmp_path / 'root' / 'checkpoints')
-  with pytest.raises(ValueError, match='Unknown trainer option'):
-    pipeline_lib.create_pipeline(**kwargs, trainer_options={'patience': 1})
+  assert custom['checkpoint_dir'] == str(tmp_path / 'root' / 'checkpoints' /
+                                       settings.pipeline_name)
+  with pytest.raises(ValueError, match='mixed_precision must be one of'):
+    settings.replace(mixed_precision='fp8')
 
 
 def test_data_fingerprint_follows_the_input_files(tmp_path):

@@ -81,7 +81,7 @@ def _run(root, **kwargs):
   space = root / 'space.yaml'
   space.write_text(SEARCH_SPACE_YAML)
   args = dict(model_config=CONFIG, data=data, train_steps=2, eval_steps=1, hparams=HPARAMS,
-              seed=5, output_root=str(root / 'out'), serving_models_dir=str(root / 'serving'))
+              seed=5, output_root=str(root / 'out'), serving_dir=str(root / 'serving'))
   if kwargs.get('tune'):
     args.update(tuner='random', trial_steps=2, search_space=str(space))
   args.update(kwargs)
