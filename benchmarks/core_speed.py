@@ -6,11 +6,12 @@ and at Magenta's default sizes, prints examples/s of:
   - baseline: the old formulation (keras.layers.LSTM + the AttentionLSTMCell port via
     `EventSequenceRnn.reference_call`) on full float input rows, XLA off (as before);
   - the model's own call (gathered first layer, matmuls outside the loop, folded
-    attention projection, carried keys) on compact inputs, compiled two ways:
+    attention projection, carried keys, hand-written backward loops with the weight
+    gradients as one matmul after them) on compact inputs, compiled two ways:
     xla: the whole train step XLA-compiled (build_model(jit_compile=True));
-    hybrid: jit_compile=False: the attention layer's loop (and its recomputing
-    gradient) as an XLA cluster, plain LSTM loops as TF while loops.
-    build_model's default ('auto') is xla for layers of <= 64 units (<= 128 with
+    hybrid: jit_compile=False: the attention layer's forward and backward loops as
+    XLA clusters, plain LSTM loops as TF while loops.
+    build_model's default ('auto') is xla for layers of <= 64 units (<= 256 with
     attention), hybrid above.
 Batches are uniform length (length bucketing removes most padding): drums 400 steps,
 melodies 190. Several repeats; the machine's load is printed with the numbers.

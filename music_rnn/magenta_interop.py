@@ -407,9 +407,11 @@ def run_worker(jobs: List[Dict[str, Any]], timeout: int = 1800) -> List[Dict[str
   results = [json.loads(line[len('RESULT '):]) for line in proc.stdout.splitlines()
              if line.startswith('RESULT ')]
   if proc.returncode or len(results) != len(jobs):
-    tail = '\n'.join(proc.stderr.strip().splitlines()[-8:])
+    lines = proc.stderr.strip().splitlines()
+    logging.info('Magenta worker stderr (last lines):\n%s', '\n'.join(lines[-20:]))
     raise RuntimeError(f'Magenta worker failed (exit {proc.returncode}) after '
-                       f'{len(results)} of {len(jobs)} jobs:\n{tail}')
+                       f'{len(results)} of {len(jobs)} jobs; its error: '
+                       f'{lines[-1].strip() if lines else "none printed"}')
   return results
 
 

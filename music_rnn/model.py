@@ -150,8 +150,7 @@ class AttentionLSTMCell(keras.layers.Layer):
 #     'query_bias', 'attn_w', 'attn_v', 'out', 'out_bias';
 #   other layers: 'kernel' [U_in, 4U], 'recurrent' [U, 4U], 'bias' [4U].
 # State: per layer (h, c); the attention layer also (attention vector [B, U],
-# window [B, L, U] oldest first, keys [B, L, U] = window @ attn_w). (The training loop,
-# `layer_forward`, keeps window and keys as rings [L, B, U] instead.)
+# window [B, L, U] oldest first, keys [B, L, U] = window @ attn_w).
 
 
 def lstm_gates(z, c):
@@ -169,30 +168,20 @@ def lstm_cell(zx, state, weights):
   return h, (h, c), (z,)
 
 
-def attention_cell(zx, state, weights, ring_slot=None):
+def attention_cell(zx, state, weights):
   """attention_step, also returning what the backward pass keeps: (z, query, softmax
-  weights).
-
-  ring_slot None: window and keys [B, L, U] oldest first (attention_step's state). Else
-  they are a ring [L, B, U] whose slot `ring_slot` takes the new output, in place under
-  XLA (the training loop: the softmax over the slots and the weighted sum do not depend
-  on the slots' order).
-  """
+  weights)."""
   h, c, attn, window, keys = state
   w = weights
-  axis = 1 if ring_slot is None else 0  # the window's slot axis
   z = zx + tf.matmul(tf.concat([attn, h], 1), w['recurrent'])
   h, c = lstm_gates(z, c)
   query = tf.matmul(tf.concat([c, h], 1), w['query']) + w['query_bias']
-  scores = tf.reduce_sum(w['attn_v'] * tf.tanh(keys + tf.expand_dims(query, axis)), 2)
-  probs = tf.nn.softmax(scores, axis=axis)
-  attn = tf.reduce_sum(probs[..., tf.newaxis] * window, axis)
+  scores = tf.reduce_sum(w['attn_v'] * tf.tanh(keys + query[:, tf.newaxis]), 2)
+  probs = tf.nn.softmax(scores)
+  attn = tf.einsum('bl,blu->bu', probs, window)
   out = tf.matmul(tf.concat([h, attn], 1), w['out']) + w['out_bias']
-  key = tf.matmul(out, w['attn_w'])
-  if ring_slot is None:
-    window, keys = _push(window, out), _push(keys, key)
-  else:
-    window, keys = _ring_write(window, ring_slot, out), _ring_write(keys, ring_slot, key)
+  window = _push(window, out)
+  keys = _push(keys, tf.matmul(out, w['attn_w']))
   return out, (h, c, attn, window, keys), (z, query, probs)
 
 
@@ -201,10 +190,9 @@ def _push(window, vector):
   return tf.concat([window[:, 1:], vector[:, tf.newaxis]], 1)
 
 
-def _ring_write(ring, slot, vector):
-  """ring [L, B, N] with ring[slot] = vector [B, N] (an in-place dynamic-update-slice
-  on a loop carry under XLA)."""
-  return tf.tensor_scatter_nd_update(ring, tf.reshape(slot, [1, 1]), vector[tf.newaxis])
+def _unpush(window, vector):
+  """_push undone: window [B, L, N] with `vector` [B, N] back in as the oldest."""
+  return tf.concat([vector[:, tf.newaxis], window[:, :-1]], 1)
 
 
 def lstm_step(zx, state, weights):
@@ -328,24 +316,20 @@ def _split2(x):
 def layer_forward(weights, zx):
   """The layer over all steps from the zero state: (outputs [T, B, U], kept tensors)."""
   attention = is_attention(weights)
+  cell = attention_cell if attention else lstm_cell
   units = weights['recurrent'].shape[-1] // 4
   batch = zx.shape[1]
   shapes = [[batch, units]] * 2 + [[batch, 4 * units]]  # out, c, z
-  if attention:  # h, attention vector, query, softmax weights [L, B]
-    shapes += [[batch, units]] * 3 + [[weights['attn_length'], batch]]
+  if attention:  # h, attention vector, query, softmax weights
+    shapes += [[batch, units]] * 3 + [[batch, weights['attn_length']]]
 
   def body(t, inputs, state):
-    if not attention:
-      out, state, (z,) = lstm_cell(inputs[0], state, weights)
-      return state, [out, state[1], z]
-    # The window as a ring [L, B, U]: step t's output goes to slot t mod L.
-    out, state, (z, query, probs) = attention_cell(inputs[0], state, weights,
-                                                   t % weights['attn_length'])
-    return state, [out, state[1], z, state[0], state[2], query, probs]
+    del t  # unused
+    out, state, (z, *rest) = cell(inputs[0], state, weights)
+    kept = [out, state[1], z] + ([state[0], state[2]] + rest if attention else [])
+    return state, kept
 
   state = zero_layer_state(weights, tf.shape(zx)[1], zx.dtype)
-  if attention:  # window and keys as rings
-    state = state[:3] + tuple(tf.transpose(s, [1, 0, 2]) for s in state[3:])
   state, kept = _loop(body, [zx], state, shapes)
   if attention:
     kept += list(state[3:])  # the final window and keys, for the backward to rewind
@@ -388,15 +372,15 @@ def lstm_backward(weights, kept, d_outputs):
 
 
 def _attention_scores_backward(weights, d_attn, probs, query, window, keys):
-  """Gradients of attn = softmax(v . tanh(keys + query)) @ window w.r.t. the window's
-  slots [L, B, U] (a ring), keys [L, B, U] and query [B, U], and the step's d attn_v."""
-  tanh = tf.tanh(keys + query)
-  d_probs = tf.reduce_sum(window * d_attn, 2)
-  d_scores = probs * (d_probs - tf.reduce_sum(probs * d_probs, 0, keepdims=True))
+  """Gradients of attn = softmax(v . tanh(keys + query)) @ window w.r.t. window slots
+  [B, L, U], keys [B, L, U] and query [B, U], and the step's part of d attn_v."""
+  tanh = tf.tanh(keys + query[:, tf.newaxis])
+  d_probs = tf.einsum('blu,bu->bl', window, d_attn)
+  d_scores = probs * (d_probs - tf.reduce_sum(probs * d_probs, 1, keepdims=True))
   d_keys = d_scores[..., tf.newaxis] * weights['attn_v'] * (1 - tanh * tanh)
-  d_window = probs[..., tf.newaxis] * d_attn
+  d_window = probs[..., tf.newaxis] * d_attn[:, tf.newaxis]
   d_v = tf.reduce_sum(d_scores[..., tf.newaxis] * tanh, [0, 1])
-  return d_window, d_keys, tf.reduce_sum(d_keys, 0), d_v
+  return d_window, d_keys, tf.reduce_sum(d_keys, 1), d_v
 
 
 def _attention_backward_loop(weights, kept, d_outputs):
@@ -407,30 +391,31 @@ def _attention_backward_loop(weights, kept, d_outputs):
   length = w['attn_length']
 
   def body(t, inputs, carry):
+    del t  # unused
     d_out, factors, out_factor, forget, query, probs, old_out, old_key = inputs
     dh, dc, d_attn, d_window, d_keys, d_v, window, keys = carry
-    slot = t % length  # of this step's output, in the ring (see layer_forward)
     # This step's output got its window gradients from the L steps after it.
-    d_key = tf.gather(d_keys, slot)  # a dynamic slice (indexing would pad under XLA)
-    d_out += tf.gather(d_window, slot) + tf.matmul(d_key, w['attn_w'], transpose_b=True)
+    d_key = d_keys[:, -1]
+    d_out += d_window[:, -1] + tf.matmul(d_key, w['attn_w'], transpose_b=True)
     dh_out, d_attn_out = _split2(tf.matmul(d_out, w['out'], transpose_b=True))
-    # The window as step t saw it: the output L steps back instead of its own.
-    window = _ring_write(window, slot, old_out)
-    keys = _ring_write(keys, slot, old_key)
+    # The window as step t saw it: drop its own output, the one L steps back returns.
+    window = _unpush(window, old_out)
+    keys = _unpush(keys, old_key)
     step_window, step_keys, d_query, d_v_step = _attention_scores_backward(
         w, d_attn + d_attn_out, probs, query, window, keys)
     dc_query, dh_query = _split2(tf.matmul(d_query, w['query'], transpose_b=True))
     dz, dc = _lstm_dz(dh + dh_out + dh_query, dc + dc_query, factors, out_factor)
     d_attn, dh = _split2(tf.matmul(dz, w['recurrent'], transpose_b=True))
-    none = tf.zeros_like(old_out)  # the slot now gathers the older output's gradients
-    carry = (dh, dc * forget, d_attn, _ring_write(d_window, slot, none) + step_window,
-             _ring_write(d_keys, slot, none) + step_keys, d_v + d_v_step, window, keys)
+    none = tf.zeros_like(old_out)
+    carry = (dh, dc * forget, d_attn, _unpush(d_window, none) + step_window,
+             _unpush(d_keys, none) + step_keys, d_v + tf.cast(d_v_step, tf.float32),
+             window, keys)
     return carry, [dz, d_query, d_out, d_key]
 
   zeros = tf.zeros_like(d_outputs[0])
-  units = zeros.shape[-1]
+  # d attn_v sums over every step: in float32 also under mixed precision.
   carry = (zeros, zeros, zeros, tf.zeros_like(window), tf.zeros_like(keys),
-           tf.zeros_like(w['attn_v']), window, keys)
+           tf.zeros(w['attn_v'].shape, tf.float32), window, keys)
   inputs = [d_outputs, *_gate_factors(z, c), query, probs, _lagged(outputs, length),
             _lagged(_matmul_last(outputs, w['attn_w']), length)]
   shapes = [z.shape[1:]] + [outputs.shape[1:]] * 3
@@ -449,7 +434,7 @@ def attention_backward(weights, kept, d_outputs):
       'out': _outer_sum(tf.concat([h, attn], -1), d_out),
       'out_bias': tf.reduce_sum(d_out, [0, 1]),
       'attn_w': _outer_sum(outputs, d_key),
-      'attn_v': d_v,
+      'attn_v': tf.cast(d_v, dz.dtype),
   }
 
 
@@ -987,7 +972,7 @@ DEFAULT_JIT_COMPILE = 'auto'
 DEFAULT_STEPS_PER_EXECUTION = 1
 # 'auto': whole-step XLA for layers up to this size (with attention: the larger one).
 XLA_TRAIN_STEP_MAX_UNITS = 64
-XLA_TRAIN_STEP_MAX_UNITS_ATTENTION = 128
+XLA_TRAIN_STEP_MAX_UNITS_ATTENTION = 256
 
 
 def build_model(config: configs.ModelConfig, hparams: configs.HParams,
@@ -1002,11 +987,11 @@ def build_model(config: configs.ModelConfig, hparams: configs.HParams,
   `dtype_policy`: None (float32), 'mixed_float16' or 'mixed_bfloat16'.
   `jit_compile`: XLA for the whole train/test step. Off, the attention layer's loop
   still runs as an XLA cluster (`loop_jit`) and plain LSTM loops run as TF while loops.
-  'auto' (measured on 2 CPU cores, benchmarks/core_speed.py): whole-step XLA when every
-  layer has <= 64 units, or <= 128 with attention (its fused small ops win: attention_rnn
-  at [128, 128] b128 59 vs 50 examples/s), off for larger layers (XLA's CPU matmuls in
-  the loop use one thread: drum_kit [256]*3 b128 3.9 vs 6.3 examples/s; plain
-  [128, 128] LSTMs ~2x slower per CPU-second), with several replicas (XLA cannot compile merge_call
+  'auto' (measured on 2 CPU cores, benchmarks/core_speed.py, examples per CPU-second):
+  whole-step XLA when every layer has <= 64 units, or <= 256 with attention (its fused
+  small ops win: drum_kit [256]*3 b128 9.4 vs 7.8, attention_rnn [128, 128] b128 54 vs
+  52), off for larger plain LSTMs (basic_rnn [128, 128] b128: 135 vs 143; and off
+  keeps the cuDNN path), with several replicas (XLA cannot compile merge_call
   all-reduces) and on GPUs (cuDNN kernels are not XLA ops; untested here, no GPU).
   `steps_per_execution`: train steps per tf.function call; default 1 (not benchmarked:
   a train step takes >= 0.1 s here, so Keras's per-call overhead of ~ms is < a few %).

@@ -189,7 +189,7 @@ def _stepped_layer(weights, zx):
 @pytest.mark.parametrize('attn_length', [0, 5], ids=['lstm', 'attention'])
 @pytest.mark.parametrize('jit_compile', [False, True], ids=['xla_loops', 'xla_step'])
 def test_hand_written_layer_gradients_equal_autodiff(attn_length, num_steps, jit_compile):
-  """run_layer's forward (ring window) and hand-written backward == autodiff of the
+  """run_layer's forward and hand-written backward == autodiff of the
   generation step run step by step, for the inputs and every loop weight; also when
   the run_layer call sits inside an XLA-compiled function (the whole train step)."""
   units, batch = 6, 3
@@ -487,8 +487,8 @@ def test_build_model_xla_defaults():
   assert model.jit_compile is True
   assert model.steps_per_execution == model_lib.DEFAULT_STEPS_PER_EXECUTION
   assert 'padded_fraction' in [m.name for m in model.metrics]
-  assert model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(128, 8))).jit_compile
-  big = model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(256, 8)))
+  assert model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(256, 8))).jit_compile
+  big = model_lib.build_model(config, hparams.replace(rnn_layer_sizes=(512, 8)))
   assert big.jit_compile is False
   assert big._loop_jit(big.step_weights()['layers'][0])  # pylint: disable=protected-access
   assert not big._loop_jit(big.step_weights()['layers'][1])  # pylint: disable=protected-access
