@@ -26,12 +26,18 @@ custom_config (only 'config_name' is required):
       'mixed_float16', 'mixed_bfloat16', or off (default)
   'fast_dev_run': bool: sequences cropped to FAST_DEV_RUN_MAX_STEPS, checkpoints kept in
       the execution (never resumed); the pipeline shrinks the steps and batch
-  'jit_compile': XLA for the train/eval steps (default model.DEFAULT_JIT_COMPILE)
+  'jit_compile': XLA for the train/eval steps (default model.DEFAULT_JIT_COMPILE; off
+      with several workers)
   'steps_per_execution': train steps per tf.function call (default STEPS_PER_EXECUTION;
       lowered to divide the epochs)
 Hyperparameters from a Tuner (fn_args.hyperparameters, a keras-tuner config dict)
 override custom_config['hparams'], which override the config's defaults.
 fn_args.base_model (the Trainer's base_model channel): warm start from that export.
+
+Several workers: when TF_CONFIG names more than one training task, every worker runs
+run_fn under MultiWorkerMirroredStrategy (`make_strategy`); the chief keeps the
+checkpoints, metrics and export, the others write to scratch and restore from the
+chief's checkpoints.
 """
 
 import contextlib
@@ -435,8 +441,8 @@ def worker_count(strategy: tf.distribute.Strategy) -> int:
 
 def jit_compile_setting(custom_config: Dict[str, Any], strategy: tf.distribute.Strategy):
   """custom_config 'jit_compile', off under several workers: XLA cannot compile the
-  train step's cross-worker all-reduce on CPU (measured here; the CPU has no XLA
-  collective kernels)."""
+  train step's cross-worker all-reduce on CPU ("Collectives are not yet implemented for
+  CPU devices when compiling with XLA", TF 2.16); GPU workers were not tried."""
   setting = custom_config.get('jit_compile', model_lib.DEFAULT_JIT_COMPILE)
   if setting and setting != 'auto' and is_multi_worker(strategy):
     logging.warning('jit_compile=%r ignored: a multi-worker train step runs without XLA.',
