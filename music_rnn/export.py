@@ -239,7 +239,10 @@ def export_serving_model(model: model_lib.EventSequenceRnn, config: configs.Mode
       GENERATE_SIGNATURE: module.generator.generate.get_concrete_function(),
       PRIME_SIGNATURE: module.generator.prime.get_concrete_function(),
       EXTEND_SIGNATURE: module.generator.extend.get_concrete_function(),
-  })
+  }, options=tf.saved_model.SaveOptions(
+      # The train step's hand-written layer gradient is not needed to serve, and tracing
+      # it at save time costs seconds per export.
+      experimental_custom_gradients=False))
   tf.io.gfile.makedirs(os.path.join(export_dir, 'assets.extra'))
   with tf.io.gfile.GFile(os.path.join(export_dir, CONFIG_ASSET), 'w') as f:
     f.write(module.config_json)

@@ -55,6 +55,20 @@ def sequence_mask(lengths, max_time):
   return ops.cast(ops.arange(max_time)[None, :] < lengths[:, None], 'float32')
 
 
+# Input kernels start at glorot_uniform x sqrt(10) (variance x 10): glorot counts all
+# 500-odd columns of a one-hot input as fan-in, but at most a handful are non-zero, so
+# the input reaches the output ~50x too weakly and the model sits at the label-frequency
+# table for hundreds of steps. Measured on MMA drum grooves (drum_kit, [64, 64], batch 32,
+# lr 0.005, dropout 0.5): eval loss after 300 steps 1.80 with this, 2.44 (the unigram
+# table: 2.45) without. Recurrent, attention, projection-out and logits kernels keep
+# Keras's defaults. Magenta's graph (glorot everywhere) shows the same plateau.
+INPUT_KERNEL_VARIANCE_SCALE = 10.0
+
+
+def input_kernel_initializer():
+  return keras.initializers.VarianceScaling(INPUT_KERNEL_VARIANCE_SCALE, 'fan_avg', 'uniform')
+
+
 # --- Attention cell. -----------------------------------------------------------
 
 
@@ -93,7 +107,8 @@ class AttentionLSTMCell(keras.layers.Layer):
     self.output_size = self.units
     # Sublayers follow this cell's dtype policy (mixed precision), not the global one.
     dtype = self.dtype_policy
-    self.lstm = keras.layers.LSTMCell(self.units, name='lstm', dtype=dtype)
+    self.lstm = keras.layers.LSTMCell(self.units, name='lstm', dtype=dtype,
+                                      kernel_initializer=input_kernel_initializer())
     self.input_projection = None  # sized from the input in build()
     self.query_projection = keras.layers.Dense(self.units, name='attn_query', dtype=dtype)
     self.output_projection = keras.layers.Dense(self.units, name='attn_output_projection',
@@ -102,7 +117,8 @@ class AttentionLSTMCell(keras.layers.Layer):
   def build(self, input_shape):
     input_size = int(input_shape[-1])
     self.input_projection = keras.layers.Dense(input_size, name='input_projection',
-                                               dtype=self.dtype_policy)
+                                               dtype=self.dtype_policy,
+                                               kernel_initializer=input_kernel_initializer())
     self.input_projection.build((None, input_size + self.units))
     self.lstm.build((None, input_size))
     self.query_projection.build((None, 2 * self.units))
@@ -791,7 +807,8 @@ class EventSequenceRnn(keras.Model):
         cell = AttentionLSTMCell(size, self.attn_length, dtype=dtype, name='attention_lstm_cell')
         layer = keras.layers.RNN(cell, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
       else:
-        layer = keras.layers.LSTM(size, return_sequences=True, name=f'rnn_{i}', dtype=dtype)
+        layer = keras.layers.LSTM(size, return_sequences=True, name=f'rnn_{i}', dtype=dtype,
+                                  kernel_initializer=input_kernel_initializer())
       layer.build((None, None, input_size))
       input_size = size
       self.rnn_layers.append(layer)
