@@ -210,13 +210,13 @@ def _check_generate_size(args) -> None:
 
 
 def _generate_model_dir(args) -> str:
-  """The SavedModel directory to generate with, checked (packaging.check_saved_model)."""
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  """The SavedModel directory to generate with, checked (model_archive.check_saved_model)."""
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
   from serving import client  # pylint: disable=g-import-not-at-top
   if args.model:
     return _resolve_model(args.model)
   if args.model_dir:
-    packaging.check_saved_model(args.model_dir, '--model-dir', 'give an exported model '
+    model_archive.check_saved_model(args.model_dir, '--model-dir', 'give an exported model '
                                 'directory, e.g. serving/models/<config>/<version>')
     return args.model_dir
   if args.config:
@@ -270,9 +270,9 @@ def _cmd_generate(args) -> int:
 def _resolve_model(name: str) -> str:
   """--model: the local SavedModel dir of a path, archive URL or hub handle."""
   from music_rnn import model_handles  # pylint: disable=g-import-not-at-top
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
   path = model_handles.resolve(name)
-  packaging.check_saved_model(
+  model_archive.check_saved_model(
       path, f'--model {name}' if path != name else '--model',
       'an archive must hold the SavedModel files at its root, as `music-rnn package` '
       'writes them')
@@ -288,8 +288,8 @@ def _add_package_parser(sub) -> None:
 
 
 def _cmd_package(args) -> int:
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
-  output = packaging.package(args.model_dir, args.output)
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
+  output = model_archive.package(args.model_dir, args.output)
   print(f'wrote {output} ({os.path.getsize(output) / 1e6:.1f} MB) from {args.model_dir}')
   return 0
 

@@ -51,7 +51,7 @@ def latest_model_dir(config_name: str, models_dir: str = DEFAULT_MODELS_DIR) -> 
 
 def _load_saved_model(path: str):
   """tf.saved_model.load, failing with one line (the CLI checks the directory first,
-  packaging.check_saved_model; this catches what only loading finds, e.g. damaged
+  model_archive.check_saved_model; this catches what only loading finds, e.g. damaged
   variables)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:

@@ -119,8 +119,8 @@ def test_package_bad_input_is_one_clear_error(tiny_export, tmp_path, capsys, cas
 def test_generate_from_url_downloads_once_and_caches(tiny_export, server, hub_cache,
                                                      tmp_path, capsys):
   base, served, requests = server
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
-  packaging.package(tiny_export, str(served / 'drums.tar.gz'))
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
+  model_archive.package(tiny_export, str(served / 'drums.tar.gz'))
   url = f'{base}/drums.tar.gz'
   first = _run_cli('generate', '--model', url, '--output-dir', str(tmp_path / 'a'),
                    *GENERATE_ARGS, env_extra={'TFHUB_CACHE_DIR': str(hub_cache)})
@@ -145,8 +145,8 @@ def test_archive_url_ignores_uncompressed_load_format(tiny_export, server, hub_c
   """TFHUB_MODEL_LOAD_FORMAT=UNCOMPRESSED makes hub.resolve expect a GCS redirect for
   http handles; an archive URL is still downloaded and unpacked."""
   base, served, requests = server
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
-  packaging.package(tiny_export, str(served / 'again.tgz'))
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
+  model_archive.package(tiny_export, str(served / 'again.tgz'))
   monkeypatch.setenv('TFHUB_MODEL_LOAD_FORMAT', 'UNCOMPRESSED')
   path = model_handles.resolve(f'{base}/again.tgz?version=2')  # a query does not hide it
   assert os.path.isfile(os.path.join(path, 'saved_model.pb'))
@@ -174,12 +174,12 @@ def test_404_is_one_clear_error_and_caches_nothing(server, hub_cache, tmp_path):
 def test_bad_archives_are_one_clear_error(tiny_export, server, hub_cache, tmp_path, capsys,
                                           case, expected):
   base, served, _ = server
-  from music_rnn import packaging  # pylint: disable=g-import-not-at-top
+  from music_rnn import model_archive  # pylint: disable=g-import-not-at-top
   name = f'{case}.tar.gz'
   if case == 'not_gzip':
     (served / name).write_bytes(b'plain text')
   elif case == 'truncated':
-    data = pathlib.Path(packaging.package(tiny_export, str(tmp_path / 'm.tar.gz'))).read_bytes()
+    data = pathlib.Path(model_archive.package(tiny_export, str(tmp_path / 'm.tar.gz'))).read_bytes()
     (served / name).write_bytes(data[:len(data) // 2])
   else:
     with tarfile.open(served / name, 'w:gz') as tar:
