@@ -66,22 +66,9 @@ def _import_magenta():
   Returns (tf.compat.v1, modules dict, captured): `captured` receives the tensors that
   magenta.common.get_padded_batch returns when the graph is built (the batch lengths).
   """
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import types  # pylint: disable=g-import-not-at-top
-  os.environ['TF_USE_LEGACY_KERAS'] = '1'  # before TensorFlow loads: tf.compat.v1 RNN cells
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.framework import indexed_slices, ops  # pylint: disable=g-import-not-at-top
-  ops.IndexedSlices = indexed_slices.IndexedSlices  # tf_slim's gradient clipping looks here
-  spec = importlib.util.find_spec('magenta')
-  if spec is None or not spec.submodule_search_locations:
-    raise SystemExit('magenta is not importable: run `make oracle`')
-  root = list(spec.submodule_search_locations)
-  magenta = types.ModuleType('magenta')
-  magenta.__path__ = root
-  common = types.ModuleType('magenta.common')
-  common.__path__ = [os.path.join(p, 'common') for p in root]
-  magenta.common = common
-  sys.modules.update({'magenta': magenta, 'magenta.common': common})
+  sys.path.insert(0, PROJECT_ROOT)
+  from music_rnn import magenta_worker  # pylint: disable=g-import-not-at-top
+  tf, common = magenta_worker.bypass_magenta_init()
   # pylint: disable=g-import-not-at-top
   from magenta.common import sequence_example_lib
   captured = {}

@@ -36,9 +36,10 @@ import types
 RESULT = 'RESULT '
 
 
-def _import_magenta():
-  """Magenta's model modules, without magenta/__init__ and magenta/common/__init__
-  (they import tensorflow_probability for models not used here)."""
+def bypass_magenta_init():
+  """(tf.compat.v1, the stub magenta.common module): Magenta importable on TF 2.16 without
+  magenta/__init__ and magenta/common/__init__ (they import tensorflow_probability for
+  models not used here). Also used by benchmarks/train_vs_magenta.py's Magenta side."""
   os.environ['TF_USE_LEGACY_KERAS'] = '1'  # before TensorFlow: tf.compat.v1 RNN cells
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   from tensorflow.python.framework import indexed_slices, ops  # pylint: disable=g-import-not-at-top
@@ -53,6 +54,13 @@ def _import_magenta():
   common.__path__ = [os.path.join(p, 'common') for p in root]
   magenta.common = common
   sys.modules.update({'magenta': magenta, 'magenta.common': common})
+  return tf, common
+
+
+def _import_magenta():
+  """Magenta's model modules, without magenta/__init__ and magenta/common/__init__
+  (they import tensorflow_probability for models not used here)."""
+  tf, common = bypass_magenta_init()
   # pylint: disable=g-import-not-at-top
   from magenta.common import sequence_example_lib
   common.get_padded_batch = sequence_example_lib.get_padded_batch
