@@ -145,7 +145,8 @@ def check_shapes(config: configs.ModelConfig, hparams: configs.HParams,
   hint = _fitting_hparams(config, shapes, attn_length)
   input_size = magenta_weights.input_size_of(shapes)
   if input_size is not None and input_size != config.input_size:
-    fitting = [c.name for c in configs.CONFIGS.values() if c.input_size == input_size]
+    fitting = [c.name for c in configs.CONFIGS.values()
+               if not configs.is_vae(c) and c.input_size == input_size]
     hint = (f'--config {" or ".join(fitting) if fitting else "(none of ours)"} '
             f'(input size {input_size}; {config.name} has {config.input_size}) with {hint}')
   raise ValueError(
