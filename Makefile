@@ -41,10 +41,12 @@ $(ORACLE_STAMP): $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-compile --target .oracle-site magenta==2.1.4
 	touch $(ORACLE_STAMP)
 
-# tf-slim for Magenta's own training graph (benchmarks/train_vs_magenta.py), kept apart too.
+# tf-slim for Magenta's own training graphs (benchmarks/train_vs_magenta.py), kept apart too;
+# tensorflow-probability and dm-tree for its MusicVAE (benchmarks/vae_train_vs_magenta.py).
 ORACLE_EXTRA_STAMP := .oracle-extra/.installed
 $(ORACLE_EXTRA_STAMP): $(STAMP)
-	$(BIN)/pip install -q --no-deps --no-compile --target .oracle-extra tf-slim==1.1.0
+	$(BIN)/pip install -q --no-deps --no-compile --target .oracle-extra tf-slim==1.1.0 \
+	  tensorflow-probability==0.24.0 dm-tree==0.1.8
 	touch $(ORACLE_EXTRA_STAMP)
 
 oracle: $(ORACLE_STAMP) $(ORACLE_EXTRA_STAMP)

@@ -13,6 +13,9 @@ Trainer and Tuner run on (accelerators, machine type, replicas). See kubeflow/RE
       --beam-pipeline-args='--runner=DataflowRunner --project=PROJECT ...' \
       --trainer-accelerator-type NVIDIA_TESLA_T4 --trainer-accelerator-count 1 \
       --output build/kubeflow/drum_kit.json
+
+Any config compiles, the MusicVAEs too (`--config cat-drums_2bar_small`, with their own
+hparam names, e.g. --hparams 'z_size=64,dec_rnn_size=[64,64]').
 """
 
 import argparse

@@ -1,7 +1,10 @@
 """When the Evaluator blesses a model: the thresholds, and their 'name=value,...' syntax.
 
 Kept apart from music_rnn/evaluation.py (TFMA, Beam) so settings and command lines
-can hold thresholds without importing TFMA.
+can hold thresholds without importing TFMA. The same thresholds hold for both model
+families: an event RNN's eval loss is its next-event loss, a MusicVAE's its
+reconstruction loss (teacher-forced from the encoder's mean, evaluation.loss_metric),
+both in nats per step against the same unigram table.
 """
 
 import dataclasses

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help='Beam DirectRunner workers: 1 in-process, N>1 or 0 (all cores) '
                  'multi-processing (instead of --beam-pipeline-args).')
   _add_generate_parser(sub)
+  _add_vae_parsers(sub)
   _add_package_parser(sub)
   _add_magenta_parsers(sub)
   _add_debug_flags(parser, sub)  # keep last: every subcommand gets --debug
@@ -125,6 +126,9 @@ def _cmd_run(args) -> int:
     losses = local_runner.loss_vs_unigram(summary)
     if losses:
       print(f'   eval loss:      {losses}')
+    vae = local_runner.vae_metrics(summary)
+    if vae:
+      print(f'   MusicVAE:       {vae}')
     if verdict['metrics']:
       print('   eval split:     ' + ', '.join(
           f'{k}={v:.4f}' for k, v in sorted(verdict['metrics'].items())))
@@ -228,6 +232,8 @@ def _cmd_generate(args) -> int:
   import random  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   from serving import client  # pylint: disable=g-import-not-at-top
+  if args.config:
+    client.check_family(args.config, configs.EVENT_RNN)
   _check_generate_size(args)
   # What needs no model is checked first, so a mistake fails at once.
   primer = sequence = None
@@ -264,6 +270,134 @@ def _cmd_generate(args) -> int:
   paths = client.write_outputs(model, generated, args.output_dir, qpm)
   print(f'wrote {len(paths)} MIDI files and piano rolls to {args.output_dir}, e.g.\n'
         f'  {paths[0][0]}\n  {paths[0][1]}')
+  return 0
+
+
+# --- MusicVAE: sample and interpolate 2-bar slices. ----------------------------------
+
+# Slices a request may ask for: limits.MAX_TOTAL_STEPS events of one slice each.
+_MAX_SLICES = limits.MAX_TOTAL_STEPS // configs.VaeHParams().max_seq_len
+
+
+def _add_vae_model_flags(p) -> None:
+  """--config and where its model is, as `generate` finds one, plus the common flags."""
+  p.add_argument('--config', choices=sorted(configs.CONFIGS),
+                 help='A MusicVAE config (cat-drums_2bar_small, cat-mel_2bar_small): its '
+                 'newest pushed model (serving/models/<config>/), unless --model-dir/--model.')
+  which = p.add_mutually_exclusive_group()
+  which.add_argument('--model-dir', help='An exported MusicVAE SavedModel directory.')
+  which.add_argument('--model', help='A local path, a .tar.gz URL or a TF Hub handle '
+                     '(as `generate --model`).')
+  p.add_argument('--serving-dir', help='Where pushed models are (default serving/models).')
+  p.add_argument('--output-dir', required=True, help='Where the .mid and .png files go.')
+  p.add_argument('--temperature', type=_positive_float, default=0.5,
+                 help="Decoder softmax temperature (Magenta's default 0.5).")
+  p.add_argument('--seed', type=int, help='Same seed, same music (default: random, printed).')
+  p.add_argument('--qpm', type=_positive_float, help='Tempo of the output (default: input '
+                 "A's MIDI tempo for interpolate, else 120).")
+
+
+def _add_vae_parsers(sub) -> None:
+  p = sub.add_parser('sample', help='MusicVAE: sample 2-bar phrases (MIDI + a PNG grid).')
+  _add_vae_model_flags(p)
+  p.add_argument('--num-outputs', default=5, type=_int_at_least(
+      1, f'an integer in [1, {_MAX_SLICES}] (limits.MAX_TOTAL_STEPS events)', _MAX_SLICES))
+  p = sub.add_parser('interpolate', help='MusicVAE: interpolate between two 2-bar phrases '
+                     '(MIDI + a PNG strip).')
+  _add_vae_model_flags(p)
+  for which in ('a', 'b'):
+    p.add_argument(f'--input-{which}', required=True, help=(
+        'A MIDI file (its first 2-bar slice, as the config slices data) or an event list '
+        'as for `generate` (drums "[(36, 42), (), (42,)]", melody "[60, -2, 62, -1]"; '
+        'shorter than 2 bars: padded with rests).'))
+  p.add_argument('--num-steps', default=5, type=_int_at_least(
+      2, f'an integer in [2, {_MAX_SLICES}] (limits.MAX_TOTAL_STEPS events)', _MAX_SLICES),
+                 help='Slices in the interpolation, A and B included.')
+
+
+def _vae_model(args):
+  """The client.VaeModel the flags name (a usage error for an event-RNN config/model)."""
+  from serving import client  # pylint: disable=g-import-not-at-top
+  if args.config:
+    client.check_family(args.config, configs.MUSIC_VAE)
+  path = _generate_model_dir(args)
+  model = client.VaeModel(path)
+  if args.config and model.name != args.config:
+    raise ValueError(f'{path} is a {model.name} model, not {args.config}: give one of them')
+  print(f'{model.name} model {path}')
+  return model
+
+
+def _seed(args) -> int:
+  import random  # pylint: disable=g-import-not-at-top
+  seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
+  print(f'seed {seed}, temperature {args.temperature}')
+  return seed
+
+
+def _cmd_sample(args) -> int:
+  import time  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
+  model = _vae_model(args)
+  seed = _seed(args)
+  start = time.perf_counter()
+  samples = model.sample(args.num_outputs, args.temperature, seed)
+  print(f'sampled {len(samples)} slices in {time.perf_counter() - start:.2f} s')
+  mids, png = client.write_samples(
+      model, samples, args.output_dir, args.qpm or client.DEFAULT_QPM,
+      f'{model.name}: {len(samples)} samples (temperature {args.temperature}, seed {seed})')
+  print(f'wrote {len(mids)} MIDI files and a piano-roll grid to {args.output_dir}, e.g.\n'
+        f'  {mids[0]}\n  {png}')
+  return 0
+
+
+def _read_midi_inputs(args):
+  """{flag: NoteSequence} of the --input-a/-b that are MIDI files (read before anything
+  loads, so a missing or damaged file fails at once)."""
+  from serving import client  # pylint: disable=g-import-not-at-top
+  return {flag: client.read_midi(text, flag)
+          for flag, text in (('--input-a', args.input_a), ('--input-b', args.input_b))
+          if not client.is_event_list(text)}
+
+
+def _vae_slices(args, config, sequences):
+  """(events A, events B, the first MIDI input's tempo or None): the 2-bar slices the
+  inputs give for `config`, with a note printed for each."""
+  from serving import client  # pylint: disable=g-import-not-at-top
+  events, qpms = [], []
+  for flag, text in (('--input-a', args.input_a), ('--input-b', args.input_b)):
+    if flag in sequences:
+      slice_events, qpm, note = client.slice_from_sequence(sequences[flag], config, text, flag)
+      qpms.append(qpm)
+    else:
+      slice_events, note = client.parse_slice(text, config, flag)
+    print(note)
+    events.append(slice_events)
+  return events[0], events[1], next((q for q in qpms if q), None)
+
+
+def _cmd_interpolate(args) -> int:
+  import time  # pylint: disable=g-import-not-at-top
+  from serving import client  # pylint: disable=g-import-not-at-top
+  inputs = None
+  if args.config:  # the inputs are checked before the model loads
+    client.check_family(args.config, configs.MUSIC_VAE)
+    inputs = _vae_slices(args, configs.get_config(args.config), _read_midi_inputs(args))
+  else:
+    sequences = _read_midi_inputs(args)
+  model = _vae_model(args)
+  events_a, events_b, qpm = inputs or _vae_slices(args, configs.get_config(model.name),
+                                                  sequences)
+  seed = _seed(args)
+  start = time.perf_counter()
+  steps = model.interpolate(events_a, events_b, args.num_steps, args.temperature, seed)
+  print(f'interpolated {len(steps)} slices in {time.perf_counter() - start:.2f} s')
+  mids, png = client.write_interpolation(
+      model, steps, args.output_dir, args.qpm or qpm or client.DEFAULT_QPM,
+      f'{model.name}: A to B in {len(steps)} steps (temperature {args.temperature}, '
+      f'seed {seed})')
+  print(f'wrote {len(mids)} MIDI files (one per step, {os.path.basename(mids[-1])} all of '
+        f'them in turn) and the piano-roll strip to {args.output_dir}:\n  {png}')
   return 0
 
 
@@ -353,6 +487,8 @@ COMMANDS = {
     'extract': _cmd_extract,
     'run': _cmd_run,
     'generate': _cmd_generate,
+    'sample': _cmd_sample,
+    'interpolate': _cmd_interpolate,
     'package': _cmd_package,
     'import-magenta': _cmd_import_magenta,
     'export-magenta': _cmd_export_magenta,

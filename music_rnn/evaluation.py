@@ -10,14 +10,23 @@ the example's loss under the train split's label frequencies (from the Transform
 graph): `unigram_loss` is its per-step mean and `loss_vs_unigram` = loss / unigram_loss,
 how the model compares with a guess that ignores all context.
 
-Blessing (thresholds in music_rnn/blessing.py): the eval loss must be finite; the
-candidate must beat a uniform guess by a margin (perplexity below
+MusicVAEs (vae_export's `evaluate`; the sums are agreed in the module's VAE_SUM_NAMES):
+the same sums of the teacher-forced reconstruction with z = the encoder's mean, plus
+'sampled_correct' (a greedy free-running decode from the mean against the input) and
+'kl' (nats per example). Their metrics: `reconstruction_loss` (nats/step),
+`reconstruction_accuracy`, `event_accuracy`, `sampled_accuracy`, `kl_bits` (bits per
+sequence), `elbo` (reconstruction + KL, nats per sequence), and `perplexity`,
+`unigram_loss`, `loss_vs_unigram` on the reconstruction.
+
+Blessing (thresholds in music_rnn/blessing.py): the eval loss (VAE: reconstruction loss)
+must be finite; the candidate must beat a uniform guess by a margin (perplexity below
 `max_perplexity_fraction` x num_classes) and the unigram guess by `unigram_margin`
 (loss_vs_unigram <= 1 - margin), and, when a blessed model of the same pipeline
 exists, its eval loss must not exceed that model's by more than `loss_tolerance`
 nats per step.
 """
 
+import math
 import os
 import sys
 from typing import Any, Dict, Iterable, List, Optional
@@ -37,20 +46,39 @@ CANDIDATE = 'candidate'
 BASELINE = 'baseline'
 UNIGRAM_LOSS = 'unigram_loss'
 LOSS_VS_UNIGRAM = 'loss_vs_unigram'
-# What the combiners add up per example: the model's sums and the unigram baseline's.
-SUM_NAMES = model_lib.STAT_NAMES + (features.UNIGRAM_XENT,)
+# What the combiners add up per example: the model's sums and the unigram baseline's;
+# a VAE's `evaluate` adds VAE_SUM_NAMES. EXAMPLES is counted by the combiner (rows seen).
+VAE_SUM_NAMES = ('sampled_correct', 'kl')
+SUM_NAMES = model_lib.STAT_NAMES + VAE_SUM_NAMES + (features.UNIGRAM_XENT,)
+EXAMPLES = 'examples'
+RECONSTRUCTION_LOSS = 'reconstruction_loss'
 
 
 def _ratio(numerator: float, denominator: float) -> float:
   return numerator / denominator if denominator > 0 else float('nan')
 
 
+# VAE metrics: (numerator, denominator, scale) of the sums.
+_VAE_RATIOS = {
+    RECONSTRUCTION_LOSS: ('xent', 'steps', 1.0),
+    'reconstruction_accuracy': ('correct', 'steps', 1.0),
+    'sampled_accuracy': ('sampled_correct', 'steps', 1.0),
+    'kl_bits': ('kl', EXAMPLES, 1.0 / math.log(2.0)),
+}
+
+
 def metric_value(name: str, sums: Dict[str, float]) -> float:
-  """A metric from SUM_NAMES sums; NaN if empty or the export has no unigram_xent."""
+  """A metric from SUM_NAMES sums; NaN if empty or the export lacks a sum it needs (an
+  RNN's KL, an old export's unigram_xent)."""
   if name == UNIGRAM_LOSS:
     return _ratio(sums[features.UNIGRAM_XENT], sums['steps'])
   if name == LOSS_VS_UNIGRAM:
     return _ratio(sums['xent'], sums[features.UNIGRAM_XENT])
+  if name in _VAE_RATIOS:
+    numerator, denominator, scale = _VAE_RATIOS[name]
+    return scale * _ratio(sums[numerator], sums[denominator])
+  if name == 'elbo':
+    return _ratio(sums['xent'] + sums['kl'], sums[EXAMPLES])
   return model_lib.metric_from_sums(name, sums)
 
 
@@ -65,7 +93,7 @@ class _SumsCombiner(beam.CombineFn):
     self._multi_model = multi_model
 
   def create_accumulator(self) -> Dict[str, float]:
-    return dict.fromkeys(SUM_NAMES, 0.0)
+    return dict.fromkeys(SUM_NAMES + (EXAMPLES,), 0.0)
 
   def add_input(self, accumulator: Dict[str, float],
                 element: metric_types.StandardMetricInputs) -> Dict[str, float]:
@@ -76,13 +104,14 @@ class _SumsCombiner(beam.CombineFn):
       # A model exported before unigram_xent existed (e.g. an old baseline): NaN.
       value = predictions[name].sum() if name in predictions else float('nan')
       accumulator[name] += float(value)
+    accumulator[EXAMPLES] += float(predictions['steps'].size)
     return accumulator
 
   def merge_accumulators(self, accumulators: Iterable[Dict[str, float]]) -> Dict[str, float]:
     accumulators = iter(accumulators)
     result = next(accumulators)
     for acc in accumulators:
-      for name in SUM_NAMES:
+      for name in SUM_NAMES + (EXAMPLES,):
         result[name] += acc[name]
     return result
 
@@ -151,30 +180,69 @@ class LossVsUnigram(_StepMetric):
   metric_name = LOSS_VS_UNIGRAM
 
 
+class ReconstructionLoss(_StepMetric):
+  """VAE: teacher-forced cross entropy per step, decoding from the encoder's mean."""
+  metric_name = RECONSTRUCTION_LOSS
+
+
+class ReconstructionAccuracy(_StepMetric):
+  """VAE: teacher-forced argmax accuracy per step, from the encoder's mean."""
+  metric_name = 'reconstruction_accuracy'
+
+
+class SampledAccuracy(_StepMetric):
+  """VAE: steps of a greedy free-running decode from the mean equal to the input."""
+  metric_name = 'sampled_accuracy'
+
+
+class KlBits(_StepMetric):
+  """VAE: KL(q(z|x) || N(0, I)) in bits per sequence."""
+  metric_name = 'kl_bits'
+
+
+class Elbo(_StepMetric):
+  """VAE: reconstruction + KL in nats per sequence (the negative ELBO: lower is better)."""
+  metric_name = 'elbo'
+
+
 METRICS = {cls.metric_name: cls for cls in (
     Loss, Perplexity, Accuracy, EventAccuracy, NoEventAccuracy, UnigramLoss, LossVsUnigram)}
 assert tuple(METRICS)[:len(model_lib.METRIC_NAMES)] == model_lib.METRIC_NAMES
-for _cls in METRICS.values():
+# MusicVAE: perplexity, event accuracy and the unigram metrics are of the reconstruction.
+VAE_METRICS = {cls.metric_name: cls for cls in (
+    ReconstructionLoss, Perplexity, ReconstructionAccuracy, EventAccuracy, SampledAccuracy,
+    KlBits, Elbo, UnigramLoss, LossVsUnigram)}
+for _cls in {**METRICS, **VAE_METRICS}.values():
   metric_types.register_metric(_cls)
 
 
-def eval_config(config: configs.ModelConfig,
-                thresholds: BlessingThresholds) -> tfma.EvalConfig:
-  """The Evaluator's EvalConfig: our seven metrics, whole split, blessing thresholds."""
+def metrics_for(config) -> Dict[str, Any]:
+  """{name: metric class} the Evaluator computes for the config's family."""
+  return VAE_METRICS if configs.is_vae(config) else METRICS
+
+
+def loss_metric(config) -> str:
+  """The per-step loss that blessing bounds and compares with the baseline model's."""
+  return RECONSTRUCTION_LOSS if configs.is_vae(config) else 'loss'
+
+
+def eval_config(config, thresholds: BlessingThresholds) -> tfma.EvalConfig:
+  """The Evaluator's EvalConfig: the family's metrics (metrics_for), whole split,
+  blessing thresholds."""
   model_specs = [tfma.ModelSpec(name=CANDIDATE, signature_name=EVALUATE_SIGNATURE,
                                 model_type=tfma.TF_GENERIC)]
   if thresholds.compare_to_baseline:
     model_specs.append(tfma.ModelSpec(name=BASELINE, signature_name=EVALUATE_SIGNATURE,
                                       model_type=tfma.TF_GENERIC, is_baseline=True))
   metric_configs = []
-  for name, cls in METRICS.items():
+  for name, cls in metrics_for(config).items():
     threshold = None
     if name == 'perplexity' and thresholds.max_perplexity_fraction is not None:
       threshold = _upper_bound(thresholds.max_perplexity_fraction * config.num_classes)
     if name == LOSS_VS_UNIGRAM and thresholds.max_loss_vs_unigram is not None:
       # NaN (no unigram_xent in the export, empty split) fails it too.
       threshold = _upper_bound(thresholds.max_loss_vs_unigram)
-    if name == 'loss':
+    if name == loss_metric(config):
       # Always checked: a NaN or infinite loss fails every comparison, so it is never
       # blessed (and without any threshold TFX's Evaluator would bless nothing at all).
       threshold = _upper_bound(sys.float_info.max)
@@ -206,7 +274,7 @@ def read_metrics(evaluation_uri: str) -> Dict[str, float]:
       values = next(iter(metrics.values()))  # output name ''
       values = next(iter(values.values())) if values else {}  # sub key ''
       return {name: float(v['doubleValue']) for name, v in values.items()
-              if name in METRICS and 'doubleValue' in v}
+              if (name in METRICS or name in VAE_METRICS) and 'doubleValue' in v}
   return {}
 
 

@@ -28,6 +28,7 @@ Stat names (counts; Magenta's names where Magenta has the stat):
               drum_tracks_extracted; polyphonic_tracks_discarded,
               melodies_discarded_too_short, melodies_truncated,
               melodies_discarded_too_few_pitches, melodies_extracted
+  MusicVAE configs: vae_slicing.py's docstring (2-bar slices, built on these stages).
 """
 
 import bisect
@@ -64,13 +65,16 @@ class ExtractedSequence:
   # melody: ints (-2 no event, -1 note off, 0..127 note on);
   # drums: one tuple of sorted MIDI pitches per step (empty tuple: no drums).
   events: list
+  # MusicVAE slices only: one of the <= max_tensors_per_notesequence slices of its piece
+  # drawn for training (vae_slicing.training_sample); None for the event RNNs.
+  in_training_sample: Optional[bool] = None
 
   @property
   def num_steps(self) -> int:
     return len(self.events)
 
 
-class _BadNoteError(Exception):
+class BadNoteError(Exception):
   """A note that ends before it starts (note_seq's BadNoteError; Magenta crashes)."""
 
 
@@ -148,16 +152,22 @@ def _is_tf_features(data: bytes) -> bool:
 # Extraction.
 
 
-def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.ModelConfig,
-                      stats: collections.Counter) -> List[ExtractedSequence]:
+def extract_sequences(note_sequence: music_pb2.NoteSequence, config,
+                      stats: collections.Counter,
+                      sample_seed: int = 0) -> List[ExtractedSequence]:
   """All drum tracks or melodies (per `config.kind`) Magenta would extract from a piece.
 
-  Never raises on bad musical input; the module docstring lists the stat names. Any
-  error not foreseen there drops the piece under 'extraction_failed' (logged with its
+  For a MusicVAE config (configs.is_vae), the piece's unique 2-bar slices instead, as
+  Magenta's data converters make them (vae_slicing.py; `sample_seed` seeds the training
+  sample). Never raises on bad musical input; the module docstrings list the stat names.
+  Any error not foreseen there drops the piece under 'extraction_failed' (logged with its
   traceback) rather than stopping a job over one odd file.
   """
   stats['sequences_processed'] += 1
   try:
+    if configs.is_vae(config):
+      from music_rnn import vae_slicing  # pylint: disable=g-import-not-at-top; it imports us
+      return vae_slicing.slice_sequences(note_sequence, config, stats, sample_seed)
     return _extract_sequences(note_sequence, config, stats)
   except Exception:  # pylint: disable=broad-except; one bad piece must not stop a corpus
     logging.exception('Skipped %s: extraction failed', source_id_of(note_sequence))
@@ -167,27 +177,14 @@ def extract_sequences(note_sequence: music_pb2.NoteSequence, config: configs.Mod
 
 def _extract_sequences(note_sequence, config, stats):
   source_id = source_id_of(note_sequence)
-  if not note_sequence.notes:
-    stats['sequences_empty'] += 1
-    return []
   drums = config.kind == configs.DRUMS
-  if drums and not any(n.is_drum and n.velocity for n in note_sequence.notes):
-    stats['no_drums'] += 1  # Magenta would still run (and find nothing); so do we.
-  if not drums and not any(not n.is_drum and n.velocity for n in note_sequence.notes):
-    stats['no_pitched_notes'] += 1
-
-  try:
-    segments = sequences_lib.split_note_sequence_on_time_changes(note_sequence)
-  except Exception as e:  # pylint: disable=broad-except; e.g. an already quantized input
-    logging.warning('Skipped %s: cannot split on time changes: %s', source_id, e)
-    stats['split_failed'] += 1
+  segments = split_segments(note_sequence, drums, stats)
+  if not segments:
     return []
-  stats['time_change_segments'] += len(segments)
-
   ext = config.extractor
   results = []
   for segment in segments:
-    quantized = _quantize(segment, ext.steps_per_quarter, source_id, stats)
+    quantized = quantize_segment(segment, ext.steps_per_quarter, source_id, stats)
     if quantized is None:
       continue
     if not drums and _pitch_out_of_range(quantized):
@@ -208,10 +205,10 @@ def _extract_sequences(note_sequence, config, stats):
     steps_per_bar = int(steps_per_bar_float)
     try:
       if drums:
-        found = _extract_drum_tracks(quantized, steps_per_bar, ext, stats)
+        found = extract_drum_tracks(quantized, steps_per_bar, ext, stats)
       else:
-        found = _extract_melodies(quantized, steps_per_bar, ext, stats)
-    except _BadNoteError as e:
+        found = extract_melodies(quantized, steps_per_bar, ext, stats)
+    except BadNoteError as e:
       logging.warning('Skipped a segment of %s: %s', source_id, e)
       stats['segments_discarded_bad_note'] += 1
       continue
@@ -225,8 +222,37 @@ def _extract_sequences(note_sequence, config, stats):
   return results
 
 
-def _quantize(segment, steps_per_quarter, source_id, stats):
-  """Magenta's Quantizer stage: its three counted skips, plus ours for other errors."""
+def split_segments(note_sequence: music_pb2.NoteSequence, drums: bool,
+                   stats: collections.Counter) -> List[music_pb2.NoteSequence]:
+  """Magenta's TimeChangeSplitter (the converters' presplit_on_time_changes too).
+
+  Counts an empty piece, and (informational) a piece without drums or pitched notes for
+  a drum or melody config; [] when the piece cannot be split.
+  """
+  if not note_sequence.notes:
+    stats['sequences_empty'] += 1
+    return []
+  if drums and not any(n.is_drum and n.velocity for n in note_sequence.notes):
+    stats['no_drums'] += 1  # Magenta would still run (and find nothing); so do we.
+  if not drums and not any(not n.is_drum and n.velocity for n in note_sequence.notes):
+    stats['no_pitched_notes'] += 1
+  try:
+    segments = sequences_lib.split_note_sequence_on_time_changes(note_sequence)
+  except Exception as e:  # pylint: disable=broad-except; e.g. an already quantized input
+    logging.warning('Skipped %s: cannot split on time changes: %s',
+                    source_id_of(note_sequence), e)
+    stats['split_failed'] += 1
+    return []
+  stats['time_change_segments'] += len(segments)
+  return segments
+
+
+def quantize_segment(segment, steps_per_quarter: int, source_id: str,
+                     stats: collections.Counter):
+  """Magenta's Quantizer stage: its three counted skips, plus ours for other errors.
+
+  Returns the quantized copy, or None when the segment was counted and skipped.
+  """
   try:
     return sequences_lib.quantize_note_sequence(segment, steps_per_quarter)
   except sequences_lib.MultipleTimeSignatureError:
@@ -246,12 +272,30 @@ def _pitch_out_of_range(quantized) -> bool:
              for n in quantized.notes)
 
 
-def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
-                         stats: collections.Counter) -> List[Tuple[int, list]]:
-  """Magenta's extract_drum_tracks (search_start_step 0, no pad_end, is_drum only).
+def _lengths(length: int, steps_per_bar: int, max_steps: Optional[int],
+             pad_end: bool) -> Tuple[int, int]:
+  """(length after pad_end, length kept after truncation), as Magenta's extractors.
+
+  pad_end rounds the length up to whole bars (DrumTrack / Melody.from_quantized_sequence);
+  a longer sequence is truncated to max_steps, or with pad_end to the last whole bar
+  within it (extract_drum_tracks / extract_melodies' max_steps_truncate).
+  """
+  if pad_end:
+    length += -length % steps_per_bar
+  kept = length
+  if max_steps is not None and length > max_steps:
+    kept = max_steps - (max_steps % steps_per_bar if pad_end else 0)
+  return length, kept
+
+
+def extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
+                        stats: collections.Counter,
+                        pad_end: bool = False) -> List[Tuple[int, list]]:
+  """Magenta's extract_drum_tracks (search_start_step 0, is_drum only).
 
   Returns (start_step, events) pairs; events are tuples of sorted pitches per step.
-  Only the first max_steps events are ever stored (see _melody_from_notes).
+  Only the first max_steps events are ever stored (see _melody_from_notes). `pad_end`
+  ends every track on a bar line with silent steps (what MusicVAE's converter asks).
   """
   pitches_at = collections.defaultdict(set)
   for note in quantized.notes:
@@ -286,20 +330,26 @@ def _extract_drum_tracks(quantized, steps_per_bar: int, ext: configs.ExtractorCo
     # The next search starts at the first bar boundary at or after this track's end.
     search_start_step = end_step + (search_start_step - end_step) % steps_per_bar
 
+    length, kept = _lengths(length, steps_per_bar, cap, pad_end)
     if length < min_steps:
       stats['drum_tracks_discarded_too_short'] += 1
       continue
-    stored = length if cap is None else min(length, cap)
-    events.extend([()] * (stored - len(events)))  # silent steps up to the end
-    if ext.max_steps is not None and length > ext.max_steps:
+    if kept < length:
       stats['drum_tracks_truncated'] += 1
+    del events[kept:]
+    events.extend([()] * (kept - len(events)))  # silent steps up to the end
     tracks.append((track_start, events))
   return tracks
 
 
-def _extract_melodies(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
-                      stats: collections.Counter) -> List[Tuple[int, List[int]]]:
-  """Magenta's extract_melodies (search_start_step 0, no pad_end, filter_drums)."""
+def extract_melodies(quantized, steps_per_bar: int, ext: configs.ExtractorConfig,
+                     stats: collections.Counter,
+                     pad_end: bool = False) -> List[Tuple[int, List[int]]]:
+  """Magenta's extract_melodies (search_start_step 0, filter_drums).
+
+  `pad_end` ends every melody on a bar line (Melody.set_length: a note-off after the
+  last note, then no-events), what MusicVAE's converter asks.
+  """
   by_instrument = collections.defaultdict(list)
   for order, note in enumerate(quantized.notes):
     by_instrument[note.instrument].append(
@@ -327,11 +377,16 @@ def _extract_melodies(quantized, steps_per_bar: int, ext: configs.ExtractorConfi
       end_step = melody_start + length
       search_start_step = end_step + (0 - end_step) % steps_per_bar
 
-      if length < min_steps:
+      padded, kept = _lengths(length, steps_per_bar, ext.max_steps, pad_end)
+      if padded < min_steps:
         stats['melodies_discarded_too_short'] += 1
         continue
-      if ext.max_steps is not None and length > ext.max_steps:
+      if padded > length and len(events) == length:
+        events.append(configs.MELODY_NOTE_OFF)  # Melody.set_length ends the last note
+      if kept < padded:
         stats['melodies_truncated'] += 1  # `events` holds only the first max_steps
+      del events[kept:]
+      events.extend([configs.MELODY_NO_EVENT] * (kept - len(events)))
       pitch_classes = {e % configs.NOTES_PER_OCTAVE for e in events if e >= _MIN_MIDI_PITCH}
       if len(pitch_classes) < ext.min_unique_pitches:
         stats['melodies_discarded_too_few_pitches'] += 1
@@ -377,7 +432,7 @@ def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
       if start_index - last_off >= gap_steps:
         break
     if start_index >= end_index:
-      raise _BadNoteError(f'note ends before it starts: steps {start}..{end}')
+      raise BadNoteError(f'note ends before it starts: steps {start}..{end}')
     # Melody._add_note: the new note cuts off whatever was after its start, so the
     # melody now ends with this note's NOTE_OFF.
     length = end_index + 1
@@ -400,6 +455,11 @@ def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
   return melody_start, events, length
 
 
+# serving/client.py's names for the two extractors.
+_extract_drum_tracks = extract_drum_tracks
+_extract_melodies = extract_melodies
+
+
 # ---------------------------------------------------------------------------------
 # tf.Example encoding.
 
@@ -408,8 +468,9 @@ def _int64s(values) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
 
 
-def to_tf_example(seq: ExtractedSequence, config: configs.ModelConfig) -> tf.train.Example:
-  """The ExampleGen record for one sequence; every example of a kind has the same keys."""
+def to_tf_example(seq: ExtractedSequence, config) -> tf.train.Example:
+  """The ExampleGen record for one sequence; every example of a config has the same keys
+  (a MusicVAE slice also its IN_TRAINING_SAMPLE flag)."""
   feature = {
       features.SOURCE_ID: tf.train.Feature(
           bytes_list=tf.train.BytesList(value=[seq.source_id.encode('utf-8')])),
@@ -425,11 +486,13 @@ def to_tf_example(seq: ExtractedSequence, config: configs.ModelConfig) -> tf.tra
     feature[features.DRUM_PITCH_COUNTS] = _int64s([len(step) for step in seq.events])
   else:
     feature[features.MELODY_EVENTS] = _int64s(seq.events)
+  if configs.is_vae(config):
+    feature[features.IN_TRAINING_SAMPLE] = _int64s([int(bool(seq.in_training_sample))])
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def from_tf_example(example_or_bytes: Union[tf.train.Example, bytes],
-                    config: configs.ModelConfig) -> ExtractedSequence:
+                    config) -> ExtractedSequence:
   """Inverse of `to_tf_example` (for tests and tools)."""
   example = example_or_bytes
   if isinstance(example_or_bytes, (bytes, bytearray)):
@@ -447,6 +510,9 @@ def from_tf_example(example_or_bytes: Union[tf.train.Example, bytes],
       pos += count
   else:
     events = [int(e) for e in f[features.MELODY_EVENTS].int64_list.value]
+  sampled = None
+  if features.IN_TRAINING_SAMPLE in f:
+    sampled = bool(f[features.IN_TRAINING_SAMPLE].int64_list.value[0])
   return ExtractedSequence(
       source_id=f[features.SOURCE_ID].bytes_list.value[0].decode('utf-8'),
       track_index=one_int(features.TRACK_INDEX),
@@ -454,19 +520,21 @@ def from_tf_example(example_or_bytes: Union[tf.train.Example, bytes],
       steps_per_bar=one_int(features.STEPS_PER_BAR),
       steps_per_quarter=one_int(features.STEPS_PER_QUARTER),
       qpm=float(f[features.QPM].float_list.value[0]),
-      events=events)
+      events=events, in_training_sample=sampled)
 
 
 # ---------------------------------------------------------------------------------
 # The `music-rnn extract` command's engine.
 
 
-def run_extraction(file_pattern: Union[str, Sequence[str]], config: configs.ModelConfig,
-                   events_out: Union[None, str, TextIO] = None) -> collections.Counter:
+def run_extraction(file_pattern: Union[str, Sequence[str]], config,
+                   events_out: Union[None, str, TextIO] = None,
+                   sample_seed: int = 0) -> collections.Counter:
   """Reads NoteSequence TFRecords, extracts, optionally writes JSONL; returns stats.
 
   Each JSONL line is {"source_id", "track_index", "start_step", "steps_per_bar",
-  "events"}; drum events are per-step lists of sorted pitches, melody events ints.
+  "events"} (a MusicVAE slice also "in_training_sample"); drum events are per-step lists
+  of sorted pitches, melody events ints.
   """
   stats = collections.Counter()
   out, close = None, False
@@ -479,22 +547,30 @@ def run_extraction(file_pattern: Union[str, Sequence[str]], config: configs.Mode
     out = events_out
   try:
     for note_sequence in read_note_sequences(file_pattern, stats):
-      for seq in extract_sequences(note_sequence, config, stats):
+      for seq in extract_sequences(note_sequence, config, stats, sample_seed):
         if out is not None:
-          events = ([list(step) for step in seq.events]
-                    if config.kind == configs.DRUMS else seq.events)
-          out.write(json.dumps({
-              'source_id': seq.source_id, 'track_index': seq.track_index,
-              'start_step': seq.start_step, 'steps_per_bar': seq.steps_per_bar,
-              'events': events}) + '\n')
+          out.write(json.dumps(_json_record(seq, config)) + '\n')
   finally:
     if close:
       out.close()
   return stats
 
 
-def kept_stat(config: configs.ModelConfig) -> str:
-  """The stat that counts the sequences kept for `config`."""
+def _json_record(seq: ExtractedSequence, config) -> dict:
+  events = ([list(step) for step in seq.events]
+            if config.kind == configs.DRUMS else seq.events)
+  record = {'source_id': seq.source_id, 'track_index': seq.track_index,
+            'start_step': seq.start_step, 'steps_per_bar': seq.steps_per_bar,
+            'events': events}
+  if configs.is_vae(config):
+    record['in_training_sample'] = bool(seq.in_training_sample)
+  return record
+
+
+def kept_stat(config) -> str:
+  """The stat that counts the sequences (MusicVAE: slices) kept for `config`."""
+  if configs.is_vae(config):
+    return 'slices_extracted'
   return 'drum_tracks_extracted' if config.kind == configs.DRUMS else 'melodies_extracted'
 
 
@@ -502,8 +578,7 @@ class NothingExtractedError(ValueError):
   """No usable sequence was left; the message lists every reason with its count."""
 
 
-def check_extracted(stats: collections.Counter, config: configs.ModelConfig,
-                    source: str) -> None:
+def check_extracted(stats: collections.Counter, config, source: str) -> None:
   """Raises NothingExtractedError when `stats` counts no kept sequence.
 
   The one error `music-rnn extract` and the ExampleGen stop with, so both say the same.
@@ -527,6 +602,11 @@ _STAT_ORDER = (
     'drum_tracks_discarded_too_short', 'drum_tracks_truncated', 'drum_tracks_extracted',
     'polyphonic_tracks_discarded', 'melodies_discarded_too_short', 'melodies_truncated',
     'melodies_discarded_too_few_pitches', 'melodies_extracted',
+    # MusicVAE slicing (vae_slicing.py), in its pipeline order.
+    'segments_discarded_bar_length', 'drum_notes_outside_pitch_classes',
+    'notes_outside_valid_programs', 'notes_outside_pitch_range',
+    'tracks_shorter_than_slice', 'slices_duplicate', 'slices_extracted',
+    'slices_in_training_sample', 'train_slices_not_in_sample',
 )
 
 

@@ -20,6 +20,11 @@ MELODY_EVENTS = 'melody_events'  # int64[num_steps]
 DRUM_PITCHES = 'drum_pitches'  # int64[sum(drum_pitch_counts)]: sorted pitches, step by step
 DRUM_PITCH_COUNTS = 'drum_pitch_counts'  # int64[num_steps]: how many pitches each step has
 
+# MusicVAE configs only: int64 0/1, 1 for the <= max_tensors_per_notesequence slices of a
+# piece drawn for training (Magenta's maybe_sample_items, seeded). The ExampleGen keeps
+# only those in the train split; not a statistics feature (Transform never sees it).
+IN_TRAINING_SAMPLE = 'in_training_sample'
+
 METADATA_FEATURES = (SOURCE_ID, TRACK_INDEX, START_STEP, NUM_STEPS, STEPS_PER_BAR,
                      STEPS_PER_QUARTER, QPM)
 

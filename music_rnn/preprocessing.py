@@ -1,5 +1,9 @@
 """TFX Transform `preprocessing_fn`: raw drum/melody tf.Examples -> model inputs and labels.
 
+Event RNNs get note-seq's encoding in compact form (below); MusicVAEs a label per step
+of their fixed-length slice (encode_vae_features, vae_encoding's classes). Both get the
+same unigram baseline.
+
 The same function runs in Beam (Transform) and, through tft's TransformFeaturesLayer,
 inside the exported SavedModel on parsed serving requests, so it accepts whatever shape
 the raw schema gives a feature (VarLen SparseTensor, inferred dense [B, n], RaggedTensor)
@@ -20,6 +24,7 @@ from music_rnn import compact
 from music_rnn import configs
 from music_rnn import encoding
 from music_rnn import features
+from music_rnn import vae_encoding
 
 
 def _to_ragged(x) -> tf.RaggedTensor:
@@ -124,12 +129,54 @@ def encode_features(inputs: Dict[str, Any], config_name: str) -> Dict[str, Any]:
   return outputs
 
 
+def encode_vae_features(inputs: Dict[str, Any], config_name: str) -> Dict[str, Any]:
+  """The MusicVAE configs' instance-level part: LABELS int64 [B, max_seq_len] (dense: a
+  FixedLen feature), the class of every step (vae_encoding.events_to_labels of the
+  serving events: drum class index, or melody 0 no-event, 1 note-off, 2 + pitch - min);
+  LENGTH int64 [B], the real steps (a slice has all of them); SOURCE_ID as for the RNNs.
+
+  Rows longer than max_seq_len are cropped and shorter ones padded with the no-event
+  label (their LENGTH says so); the exported signatures reject both before this.
+  """
+  config = configs.get_config(config_name)
+  events, lengths = _events(config, inputs)
+  num_steps = config.hparams.max_seq_len
+  events = _fit_steps(events, num_steps, encoding.pad_value(config))
+  labels = tf.cast(vae_encoding.events_to_labels(events, config), tf.int64)
+  outputs = {
+      features.LABELS: tf.ensure_shape(labels, [None, num_steps]),
+      features.LENGTH: tf.minimum(lengths, num_steps),
+  }
+  if features.SOURCE_ID in inputs:
+    outputs[features.SOURCE_ID] = _scalar_per_example(inputs[features.SOURCE_ID], b'')
+  return outputs
+
+
+def _fit_steps(events: tf.Tensor, num_steps: int, pad) -> tf.Tensor:
+  """[B, T] events cropped or padded (with `pad`) to [B, num_steps]."""
+  events = events[:, :num_steps]
+  missing = num_steps - tf.shape(events)[1]
+  events = tf.pad(events, [[0, 0], [0, missing]], constant_values=tf.cast(pad, events.dtype))
+  return tf.reshape(events, [-1, num_steps])
+
+
+def _real_labels(labels: tf.Tensor, lengths: tf.Tensor) -> tf.SparseTensor:
+  """Dense [B, T] labels -> the real steps' labels, sparse (what _unigram_xent counts)."""
+  return tf.RaggedTensor.from_tensor(labels, lengths=lengths).to_sparse()
+
+
 def preprocessing_fn(inputs: Dict[str, Any],
                      custom_config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-  """Encodes each example's events with its config's note-seq encoding, compactly
-  (encode_features), plus UNIGRAM_XENT float32 scalar: the example's loss under the
-  analyzed data's smoothed label frequencies."""
+  """Encodes each example's events for its config (event RNNs: the note-seq encoding,
+  compactly, encode_features; MusicVAEs: a label per step, encode_vae_features), plus
+  UNIGRAM_XENT float32 scalar: the example's loss under the analyzed data's smoothed
+  label frequencies (the same full-pass analyzer for both families)."""
   config = configs.get_config(_config_name(custom_config))
-  outputs = encode_features(inputs, config.name)
-  outputs[features.UNIGRAM_XENT] = _unigram_xent(outputs[features.LABELS], config.num_classes)
+  if configs.is_vae(config):
+    outputs = encode_vae_features(inputs, config.name)
+    labels = _real_labels(outputs[features.LABELS], outputs[features.LENGTH])
+  else:
+    outputs = encode_features(inputs, config.name)
+    labels = outputs[features.LABELS]
+  outputs[features.UNIGRAM_XENT] = _unigram_xent(labels, config.num_classes)
   return outputs

@@ -1,4 +1,8 @@
-"""TFX Trainer logic: `run_fn` trains the event RNN on Transform's output and exports it.
+"""TFX Trainer logic: `run_fn` trains the config's model on Transform's output and exports it.
+
+One run_fn for both families: the event RNNs and the MusicVAEs differ only where the
+small dispatch functions below say (make_dataset / make_vae_dataset, build_model,
+export_model, metric_names, warm_start's checks); the run machinery is shared.
 
 Training that survives: checkpoints in a stable directory (resume after a kill), the
 best eval-loss weights exported (not the last), early stopping, a stop with advice at
@@ -50,7 +54,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
@@ -64,6 +68,8 @@ from music_rnn import configs
 from music_rnn import export
 from music_rnn import features
 from music_rnn import model as model_lib
+from music_rnn import vae_export
+from music_rnn import vae_model
 
 DEFAULT_SEED = 0
 DEFAULT_NUM_EVALS = 10
@@ -84,6 +90,11 @@ NAN_CHECK_EVERY = 100  # steps between reads of the in-graph NaN guard (and epoc
 # Train steps per tf.function call (Keras steps_per_execution), where the epochs allow.
 STEPS_PER_EXECUTION = 1
 LOSS_CURVE_FILE = 'loss_curve.png'
+# Hparams that are lists of layer sizes (a tuner holds them as 'a,b' strings).
+LAYER_SIZE_HPARAMS = ('rnn_layer_sizes', 'enc_rnn_size', 'dec_rnn_size')
+# MusicVAE logs (vae_model.MusicVae): Magenta's objective per sequence ('loss'), the
+# reconstruction per step, KL in bits and r + KL per sequence, beta, ...
+VAE_METRIC_NAMES = vae_model.METRIC_NAMES
 
 
 # --- Hyperparameters. -----------------------------------------------------------
@@ -93,7 +104,7 @@ def tuner_values(hyperparameters: Any) -> Dict[str, Any]:
   """Hparam values from a keras-tuner HyperParameters (object or get_config() dict).
 
   keras-tuner's bookkeeping entries ('tuner/epochs', ...) are dropped; a
-  comma-separated string for rnn_layer_sizes (tuners only choose scalars) is split.
+  comma-separated string for layer sizes (tuners only choose scalars) is split.
   """
   if not hyperparameters:
     return {}
@@ -102,14 +113,15 @@ def tuner_values(hyperparameters: Any) -> Dict[str, Any]:
   else:
     values = hyperparameters.values
   values = {k: v for k, v in values.items() if not k.startswith('tuner/')}
-  sizes = values.get('rnn_layer_sizes')
-  if isinstance(sizes, str):
-    values['rnn_layer_sizes'] = [int(s) for s in sizes.replace('[', '').replace(']', '').split(',')]
+  for name in LAYER_SIZE_HPARAMS:
+    sizes = values.get(name)
+    if isinstance(sizes, str):
+      values[name] = [int(s) for s in sizes.replace('[', '').replace(']', '').split(',')]
   return values
 
 
-def resolve_hparams(config: configs.ModelConfig, overrides: Optional[Dict[str, Any]] = None,
-                    hyperparameters: Any = None) -> configs.HParams:
+def resolve_hparams(config, overrides: Optional[Dict[str, Any]] = None,
+                    hyperparameters: Any = None):
   """config defaults <- custom_config['hparams'] <- tuner values."""
   return config.hparams.replace(**(overrides or {})).replace(**tuner_values(hyperparameters))
 
@@ -190,11 +202,19 @@ def _sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransfor
   return ds.filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
 
 
+def _config_sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
+                      config) -> tf.data.Dataset:
+  """The config family's per-sequence dataset (what one pass of training sees)."""
+  if configs.is_vae(config):
+    return _vae_sequences(file_patterns, tf_transform_output)
+  return _sequences(file_patterns, tf_transform_output, compact.input_layout(config).num_blocks)
+
+
 def has_sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
-                  config: configs.ModelConfig) -> bool:
+                  config) -> bool:
   """Whether the files hold at least one sequence with something to predict."""
-  num_blocks = compact.input_layout(config).num_blocks
-  return any(True for _ in _sequences(file_patterns, tf_transform_output, num_blocks).take(1))
+  return any(True for _ in _config_sequences(file_patterns, tf_transform_output,
+                                             config).take(1))
 
 
 def _padded_shapes(num_blocks: int):
@@ -274,7 +294,11 @@ def make_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransf
   pads every batch's steps up to a multiple (run_fn: XLA_STEP_MULTIPLE). `max_steps`
   crops every sequence (fast-dev-run). `unigram`: elements are (inputs, labels,
   unigram_xent [B]), for the unigram baseline of exactly these batches.
+  MusicVAE configs: make_vae_dataset's fixed-length batches, with the same arguments.
   """
+  if configs.is_vae(config):
+    return make_vae_dataset(file_patterns, tf_transform_output, global_batch_size,
+                            training=training, seed=seed, replicas=replicas, unigram=unigram)
   num_blocks = compact.input_layout(config).num_blocks
   ds = _sequences(file_patterns, tf_transform_output, num_blocks, max_steps)
   if training:
@@ -287,6 +311,11 @@ def make_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransf
     ds = ds.map(_round_steps(step_multiple))
   if training:
     ds = ds.repeat()
+  return _finish(ds, unigram)
+
+
+def _finish(ds: tf.data.Dataset, unigram: bool) -> tf.data.Dataset:
+  """(inputs, labels[, unigram_xent]) batches, sharded by data over workers, prefetched."""
   if not unigram:
     ds = ds.map(lambda x, labels, u: (x, labels))
   options = tf.data.Options()
@@ -303,6 +332,59 @@ def unigram_loss(dataset: tf.data.Dataset) -> Optional[float]:
   xent, steps = sums.reduce((tf.constant(0., tf.float64), tf.constant(0., tf.float64)),
                             lambda a, b: (a[0] + b[0], a[1] + b[1]))
   return float(xent / steps) if steps > 0 else None
+
+
+# --- MusicVAE input pipeline: fixed-length slices, one label per step. ------------
+
+_VAE_TRAINER_FEATURES = (features.LABELS, features.LENGTH, features.UNIGRAM_XENT)
+
+
+def parse_vae_transformed(serialized, feature_spec: Dict[str, Any]):
+  """Serialized transformed tf.Examples [N] -> ({'labels' int32 [N, T], 'lengths' int32
+  [N]}, labels, unigram_xent [N]): the VAE reconstructs every step of its input."""
+  parsed = tf.io.parse_example(serialized, feature_spec)
+  labels = tf.cast(export.to_dense(parsed[features.LABELS]), tf.int32)
+  lengths = tf.cast(tf.reshape(export.to_dense(parsed[features.LENGTH]), [-1]), tf.int32)
+  unigram = tf.reshape(export.to_dense(parsed[features.UNIGRAM_XENT]), [-1])
+  x = {vae_model.LABELS: labels, vae_model.LENGTHS: lengths}
+  return x, labels, tf.cast(unigram, tf.float32)
+
+
+
+def _vae_sequences(file_patterns: Sequence[str],
+                   tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+  """(inputs, labels [T], unigram_xent) per slice with >= 1 step, in file order."""
+  spec = tf_transform_output.transformed_feature_spec()
+  spec = {name: spec[name] for name in _VAE_TRAINER_FEATURES}
+  files = _glob(file_patterns)
+  ds = tf.data.TFRecordDataset(files, compression_type='GZIP',
+                               num_parallel_reads=min(len(files), 4))
+  ds = ds.batch(PARSE_BATCH).map(lambda s: parse_vae_transformed(s, spec),
+                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.unbatch().filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
+
+
+def make_vae_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
+                     global_batch_size: int, *, training: bool,
+                     seed: int = DEFAULT_SEED, replicas: int = 1,
+                     unigram: bool = False) -> tf.data.Dataset:
+  """Transformed slices -> ({'labels' [B, T], 'lengths' [B]}, labels) batches.
+
+  Training: each pass shuffled with `seed` (reshuffled every pass), every slice exactly
+  once per pass, only a pass's last batch short, repeated forever (the model's
+  train_step transposes melodies: Magenta's augmentation). Eval: one pass, in file
+  order. `replicas` > 1: a short batch gets zero-length rows (which the model leaves
+  out) up to a multiple of `replicas`; `unigram` as make_dataset.
+  """
+  ds = _vae_sequences(file_patterns, tf_transform_output)
+  if training:
+    ds = ds.shuffle(SHUFFLE_SEQUENCES, seed=seed, reshuffle_each_iteration=True)
+  ds = ds.batch(global_batch_size)
+  if replicas > 1:
+    ds = ds.map(_pad_rows(replicas))
+  if training:
+    ds = ds.repeat()
+  return _finish(ds, unigram)
 
 
 # --- Devices, batch, precision. -------------------------------------------------
@@ -491,14 +573,14 @@ def _warm_start_from_bundle(model: model_lib.EventSequenceRnn, config: configs.M
   return bundle
 
 
-def warm_start(model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
-               hparams: configs.HParams, base_model: str) -> str:
+def warm_start(model: keras.Model, config, hparams, base_model: str) -> str:
   """Copies a previous export's weights into `model`, matched by variable path, or a
   Magenta .mag bundle's (mapped as `music-rnn import-magenta` maps them).
 
   Fine-tuning (e.g. drums of one style adapted to another) needs the same config and
   layer shapes; anything else fails here, naming what differs. Returns the export dir
-  (or the bundle).
+  (or the bundle). MusicVAEs: from a VAE export (a pushed model or a Trainer's), whose
+  vae_export module records its variables the same way; Magenta has no VAE bundle.
   """
   export_dir = find_export(base_model)
   if not tf.io.gfile.isdir(export_dir):
@@ -529,10 +611,12 @@ def warm_start(model: model_lib.EventSequenceRnn, config: configs.ModelConfig,
             f'{"missing" if s is None else tuple(s.shape)}'
             for t, s in pairs if s is None or tuple(s.shape) != tuple(t.shape)]
   if differ:
+    shaping = ('z_size, enc_rnn_size and dec_rnn_size' if configs.is_vae(config)
+               else 'rnn_layer_sizes and attn_length')
     raise ValueError(
         f'Cannot warm-start from {export_dir}: {len(differ)} of {len(targets)} weights differ '
-        f'in shape ({"; ".join(differ[:3])}). Warm start needs the same rnn_layer_sizes and '
-        f'attn_length: base {base.get("hparams", "unknown")}, this run {hparams.to_dict()}.')
+        f'in shape ({"; ".join(differ[:3])}). Warm start needs the same {shaping}: base '
+        f'{base.get("hparams", "unknown")}, this run {hparams.to_dict()}.')
   for target, source in pairs:
     target.assign(tf.cast(source, target.dtype))
   logging.info('Warm start: %d weights from %s', len(pairs), export_dir)
@@ -546,15 +630,18 @@ class DivergenceError(FloatingPointError):
   """Training produced a non-finite loss or weights."""
 
 
-def divergence_message(what: str, step: int, train_steps: int,
-                       hparams: configs.HParams, checkpoint_dir: str) -> str:
+def divergence_message(what: str, step: int, train_steps: int, hparams,
+                       checkpoint_dir: str) -> str:
   lr = hparams.learning_rate
+  if isinstance(hparams, configs.VaeHParams):
+    clip, layers = ('grad_clip', hparams.grad_clip), ('dec_rnn_size', hparams.dec_rnn_size)
+  else:
+    clip, layers = ('clip_norm', hparams.clip_norm), ('rnn_layer_sizes', hparams.rnn_layer_sizes)
   return (f'Training diverged: {what} at step {step} of {train_steps}. Magenta\'s remedies: '
-          f'lower learning_rate (now {lr:g}; try {lr / 10:g}), lower clip_norm (now '
-          f'{hparams.clip_norm:g}), or smaller rnn_layer_sizes (now '
-          f'{list(hparams.rnn_layer_sizes)}), e.g. --hparams "learning_rate={lr / 10:g}". '
-          f'Checkpoints up to the last finite step are in {checkpoint_dir}; changed hparams '
-          'start a fresh run there.')
+          f'lower learning_rate (now {lr:g}; try {lr / 10:g}), lower {clip[0]} (now '
+          f'{clip[1]:g}), or smaller {layers[0]} (now {list(layers[1])}), e.g. --hparams '
+          f'"learning_rate={lr / 10:g}". Checkpoints up to the last finite step are in '
+          f'{checkpoint_dir}; changed hparams start a fresh run there.')
 
 
 def epoch_plan(start: int, total: int, eval_every: int, checkpoint_every: int):
@@ -632,6 +719,12 @@ class _StepLimit(keras.callbacks.Callback):
       self.model.stop_training = True
 
 
+def _as_float(value) -> float:
+  """A Keras log value as a float: a number, an array, or a metric's variable (a
+  schedule's last value, e.g. the VAE's beta, may be logged as one)."""
+  return float(value.numpy()) if hasattr(value, 'numpy') else float(value)
+
+
 class _Recorder(keras.callbacks.Callback):
   """One record per evaluation, against the global step: TensorBoard + history.
 
@@ -641,8 +734,9 @@ class _Recorder(keras.callbacks.Callback):
   """
 
   def __init__(self, log_dir: str, global_batch_size: int, eval_epochs: Sequence[int],
-               history: List[Dict[str, Any]]):
+               history: List[Dict[str, Any]], names: 'MetricNames'):
     super().__init__()
+    self.names = names
     self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, 'train'))
     self.eval_writer = tf.summary.create_file_writer(os.path.join(log_dir, 'eval'))
     self.global_batch_size = global_batch_size
@@ -676,9 +770,9 @@ class _Recorder(keras.callbacks.Callback):
     self.train_seconds += seconds
     self._seconds += seconds
     self._steps += steps
-    for name in TRAIN_METRIC_NAMES:
+    for name in self.names.train:
       if name in logs:
-        self._sums[name] = self._sums.get(name, 0.0) + float(logs[name]) * steps
+        self._sums[name] = self._sums.get(name, 0.0) + _as_float(logs[name]) * steps
     if epoch + 1 not in self.eval_epochs and not self.model.stop_training:
       return
     rate = self._steps / self._seconds if self._seconds > 0 else float('nan')
@@ -686,11 +780,11 @@ class _Recorder(keras.callbacks.Callback):
               'examples_per_sec': rate * self.global_batch_size}
     for name, total in self._sums.items():
       record[name] = total / max(self._steps, 1)
-    if 'loss' in record:
+    if 'loss' in record and self.names.per_step_loss:
       record['perplexity'] = math.exp(min(record['loss'], 700.0))
-    for name in EVAL_METRIC_NAMES:
+    for name in self.names.eval:
       if 'val_' + name in logs:
-        record['val_' + name] = float(logs['val_' + name])
+        record['val_' + name] = _as_float(logs['val_' + name])
     self._sums, self._steps, self._seconds = {}, 0, 0.0
     self.history.append(record)
     self._write(record)
@@ -699,11 +793,11 @@ class _Recorder(keras.callbacks.Callback):
   def _write(self, record):
     step = record['step']
     with self.train_writer.as_default(step=step):
-      for name in TRAIN_METRIC_NAMES + ('steps_per_sec', 'examples_per_sec'):
+      for name in self.names.train + ('steps_per_sec', 'examples_per_sec'):
         if record.get(name) is not None:
           tf.summary.scalar(name, record[name])
     with self.eval_writer.as_default(step=step):
-      for name in EVAL_METRIC_NAMES:
+      for name in self.names.eval:
         if record.get('val_' + name) is not None:
           tf.summary.scalar(name, record['val_' + name])
     self.train_writer.flush()
@@ -755,7 +849,7 @@ def _clean(metrics: Optional[Dict[str, Any]], unigram: Optional[float] = None,
     return None
   out = {}
   for name in names:
-    value = float(metrics[name]) if name in metrics else float('nan')
+    value = _as_float(metrics[name]) if name in metrics else float('nan')
     out[name] = None if math.isnan(value) else value
   out[UNIGRAM_LOSS] = unigram
   return out
@@ -775,7 +869,8 @@ def _json_safe(value):
 
 
 def _plot_loss_curve(history: List[Dict[str, Any]], path: str, title: str,
-                     best_step: Optional[int] = None) -> None:
+                     best_step: Optional[int] = None,
+                     ylabel: str = 'loss (xent per step)') -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -788,7 +883,7 @@ def _plot_loss_curve(history: List[Dict[str, Any]], path: str, title: str,
   if best_step is not None:
     ax.axvline(best_step, color='tab:green', linestyle=':', label=f'exported (step {best_step})')
   ax.set_xlabel('step')
-  ax.set_ylabel('loss (xent per step)')
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   ax.legend()
@@ -806,6 +901,48 @@ def _write_hparams_summary(log_dir: str, run_key: str, hparams: configs.HParams,
             for k, v in {**hparams.to_dict(), **extra}.items() if v is not None}
   with tf.summary.create_file_writer(log_dir).as_default():
     hp_api.hparams(values, trial_id=run_key)
+
+
+# --- What differs per model family (configs.EVENT_RNN / configs.MUSIC_VAE). --------
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricNames:
+  """A family's Keras logs: in training, in evaluation, the loss set beside the unigram
+  baseline's, and whether `loss` is per step (then perplexity = exp(loss))."""
+  train: Tuple[str, ...]
+  eval: Tuple[str, ...]
+  vs_unigram: str
+  per_step_loss: bool
+
+
+def metric_names(config) -> MetricNames:
+  if configs.is_vae(config):
+    return MetricNames(VAE_METRIC_NAMES, VAE_METRIC_NAMES, 'reconstruction_loss',
+                       per_step_loss=False)
+  return MetricNames(TRAIN_METRIC_NAMES, EVAL_METRIC_NAMES, 'loss', per_step_loss=True)
+
+
+def build_model(config, hparams, dtype_policy: Optional[str] = None,
+                jit_compile=model_lib.DEFAULT_JIT_COMPILE, seed: int = DEFAULT_SEED):
+  """The config family's model, built and compiled; call inside a strategy scope."""
+  if configs.is_vae(config):
+    return vae_model.build_model(config, hparams, dtype_policy, jit_compile=jit_compile,
+                                 seed=seed)
+  return model_lib.build_model(config, hparams, dtype_policy, jit_compile=jit_compile)
+
+
+def export_model(model, config, hparams, tf_transform_output: tft.TFTransformOutput,
+                 export_dir: str, custom_config: Dict[str, Any]) -> None:
+  """The family's self-contained SavedModel (export.py / vae_export.py).
+
+  RNNs: XLA-compiled sampling (default) is fastest; TF Serving runs it only with
+  --xla_cpu_compilation_enabled, so xla_generation=False exports plain TensorFlow ops."""
+  if configs.is_vae(config):
+    vae_export.export_vae_model(model, config, hparams, tf_transform_output, export_dir)
+    return
+  export.export_serving_model(model, config, hparams, tf_transform_output, export_dir,
+                              jit_compile=bool(custom_config.get('xla_generation', True)))
 
 
 # --- run_fn helpers. ------------------------------------------------------------
@@ -833,10 +970,9 @@ def _take(ds: tf.data.Dataset, steps) -> tf.data.Dataset:
 
 
 def count_sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
-                    config: configs.ModelConfig) -> int:
-  """Training sequences (>= 2 steps) in the files: one pass over the compact data."""
-  num_blocks = compact.input_layout(config).num_blocks
-  ds = _sequences(file_patterns, tf_transform_output, num_blocks)
+                    config) -> int:
+  """Training sequences (RNN: >= 2 steps; VAE: >= 1) in the files: one pass."""
+  ds = _config_sequences(file_patterns, tf_transform_output, config)
   return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
@@ -846,19 +982,20 @@ def batches_per_pass(num_sequences: int, global_batch: int) -> int:
   return math.ceil(num_sequences / global_batch)
 
 
-def _final_metrics(model, eval_ds, batches, fn_args):
-  """Metrics in inference mode of the exported weights, and the unigram baseline on the
-  same batches: the eval split, and as many train batches (eval_steps, or 10)."""
+def _final_metrics(model, eval_ds, batches, fn_args, names: Sequence[str] = EVAL_METRIC_NAMES):
+  """Metrics (`names`) in inference mode of the exported weights, and the unigram
+  baseline on the same batches: the eval split, and as many train batches (eval_steps,
+  or 10)."""
   train_sample = lambda unigram=False: batches(
       fn_args.train_files, training=False, unigram=unigram).take(fn_args.eval_steps or 10)
   with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message='Your input ran out of data')  # one pass
     train = _clean(model.evaluate(train_sample(), return_dict=True, verbose=0),
-                   unigram_loss(train_sample(unigram=True)))
+                   unigram_loss(train_sample(unigram=True)), names)
     if eval_ds is None:
       return train, None
     return train, _clean(model.evaluate(eval_ds(), return_dict=True, verbose=0),
-                         unigram_loss(eval_ds(unigram=True)))
+                         unigram_loss(eval_ds(unigram=True)), names)
 
 
 def _checkpoint_dir(custom_config, fn_args, run_key: str) -> str:
@@ -918,8 +1055,8 @@ def _fit(model, train_ds, eval_ds, plan, callbacks) -> None:
 @dataclasses.dataclass(frozen=True)
 class _Settings:
   """What custom_config, the Tuner's values and FnArgs ask of this run."""
-  config: configs.ModelConfig
-  hparams: configs.HParams  # batch_size per replica once split over the strategy
+  config: Any  # configs.ModelConfig or configs.VaeConfig
+  hparams: Any  # HParams / VaeHParams; batch_size per replica once split over the strategy
   seed: int
   train_steps: int
   policy: Optional[str]  # a mixed-precision dtype policy, None: float32
@@ -1003,7 +1140,8 @@ def _prepare_data(fn_args, settings: _Settings, replicas: int) -> _Data:
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   num_sequences = count_sequences(fn_args.train_files, tf_transform_output, settings.config)
   if not num_sequences:
-    raise ValueError(f'No training sequence with >= 2 steps in {fn_args.train_files}')
+    what = 'slice' if configs.is_vae(settings.config) else 'sequence with >= 2 steps'
+    raise ValueError(f'No training {what} in {fn_args.train_files}')
   global_batch = settings.hparams.batch_size * replicas
   batches = functools.partial(
       make_dataset, tf_transform_output=tf_transform_output, config=settings.config,
@@ -1017,9 +1155,9 @@ def _prepare_data(fn_args, settings: _Settings, replicas: int) -> _Data:
 
 def _build_model(settings: _Settings, strategy: tf.distribute.Strategy):
   with strategy.scope():
-    model = model_lib.build_model(settings.config, settings.hparams, settings.policy,
-                                  jit_compile=jit_compile_setting(settings.custom_config,
-                                                                  strategy))
+    model = build_model(settings.config, settings.hparams, settings.policy,
+                        jit_compile=jit_compile_setting(settings.custom_config, strategy),
+                        seed=settings.seed)
   if is_multi_worker(strategy):
     _adapt_keras_to_multi_worker(model)
   return model
@@ -1129,7 +1267,9 @@ def _report(fn_args, settings: _Settings, model, data: _Data, ckpt, start_step: 
   """metrics.json: the run's settings, what it did, and the exported weights' metrics."""
   hparams, replicas = settings.hparams, model.distribute_strategy.num_replicas_in_sync
   steps_done = ckpt.step
-  train_metrics, eval_metrics = _final_metrics(model, data.eval_ds, data.batches, fn_args)
+  names = metric_names(settings.config)
+  train_metrics, eval_metrics = _final_metrics(model, data.eval_ds, data.batches, fn_args,
+                                               names.eval)
   stopped_at = int(ckpt.state.stopped_at.numpy())
   seconds = recorder.train_seconds
   examples = (steps_done - start_step) * data.num_sequences / data.pass_batches  # real ones
@@ -1158,7 +1298,7 @@ def _report(fn_args, settings: _Settings, model, data: _Data, ckpt, start_step: 
       'train': train_metrics,
       'eval': eval_metrics,
       'eval_status': data.eval_status,
-      'train_last_interval': (_clean(recorder.history[-1], names=TRAIN_METRIC_NAMES)
+      'train_last_interval': (_clean(recorder.history[-1], names=names.train)
                               if recorder.history else None),
       # Training batches: padded steps / real steps over this execution's training.
       PADDED_FRACTION: _interval_mean(recorder.history, PADDED_FRACTION, start_step),
@@ -1178,9 +1318,11 @@ def _write_report(report: Dict[str, Any], model_run_dir: str, best) -> None:
   tf.io.gfile.makedirs(model_run_dir)
   with tf.io.gfile.GFile(os.path.join(model_run_dir, METRICS_FILE), 'w') as f:
     f.write(json.dumps(_json_safe(report), indent=2, sort_keys=True, allow_nan=False))
+  per_step = metric_names(configs.get_config(report['config_name'])).per_step_loss
   _plot_loss_curve(report['history'], os.path.join(model_run_dir, LOSS_CURVE_FILE),
                    f'{report["config_name"]}: {report["train_steps"]} steps, global batch '
-                   f'{report["global_batch_size"]}', best['step'] if best else None)
+                   f'{report["global_batch_size"]}', best['step'] if best else None,
+                   'loss (xent per step)' if per_step else 'loss (nats per sequence)')
   _log_final(report)
 
 
@@ -1203,7 +1345,7 @@ def run_fn(fn_args) -> None:
                                                          model, outputs)
     schedule = _schedule(settings, start_step, data.eval_ds is not None)
     recorder = _Recorder(outputs.model_run_dir, global_batch, schedule.plan[2],
-                         ckpt.history(start_step))
+                         ckpt.history(start_step), metric_names(settings.config))
     _write_hparams_summary(outputs.model_run_dir, os.path.basename(ckpt.directory),
                            settings.hparams, {
                                'config_name': settings.config.name,
@@ -1216,21 +1358,19 @@ def run_fn(fn_args) -> None:
                      best, warm_from)
     _write_report(report, outputs.model_run_dir, best)
     if outputs.serving_model_dir:
-      # XLA-compiled sampling (default): fastest; TF Serving runs it only with
-      # --xla_cpu_compilation_enabled. xla_generation=False exports plain TensorFlow ops.
-      export.export_serving_model(
-          model, settings.config, settings.hparams, data.tf_transform_output,
-          outputs.serving_model_dir,
-          jit_compile=bool(settings.custom_config.get('xla_generation', True)))
+      export_model(model, settings.config, settings.hparams, data.tf_transform_output,
+                   outputs.serving_model_dir, settings.custom_config)
 
 
 def _log_final(report: Dict[str, Any]) -> None:
   logging.info('Final train metrics %s; eval metrics %s (%s weights, step %d)',
                report['train'], report['eval'], report['exported']['weights'],
                report['exported']['step'])
+  name = metric_names(configs.get_config(report['config_name'])).vs_unigram
   for split in ('eval', 'train'):
     m = report[split]
-    if m and m.get('loss') is not None and m.get(UNIGRAM_LOSS):
-      logging.info('%s loss %.4f vs unigram %.4f (label frequencies): %.1f%% %s', split,
-                   m['loss'], m[UNIGRAM_LOSS], 100 * abs(1 - m['loss'] / m[UNIGRAM_LOSS]),
-                   'better' if m['loss'] < m[UNIGRAM_LOSS] else 'WORSE')
+    if m and m.get(name) is not None and m.get(UNIGRAM_LOSS):
+      logging.info('%s %s %.4f vs unigram %.4f nats/step (label frequencies): %.1f%% %s',
+                   split, name, m[name], m[UNIGRAM_LOSS],
+                   100 * abs(1 - m[name] / m[UNIGRAM_LOSS]),
+                   'better' if m[name] < m[UNIGRAM_LOSS] else 'WORSE')

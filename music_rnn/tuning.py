@@ -47,7 +47,6 @@ from tfx.utils import json_utils
 
 from music_rnn import checkpointing
 from music_rnn import configs
-from music_rnn import model as model_lib
 from music_rnn import training
 
 TUNERS = ('random', 'bayesian', 'hyperband')
@@ -56,6 +55,9 @@ DEFAULT_MAX_TRIALS = 10
 DEFAULT_TRIAL_EVALS = 5
 DEFAULT_PATIENCE = 2
 OBJECTIVE = 'val_loss'  # eval loss, minimized
+# MusicVAE trials differ in max_beta and free_bits, which change Magenta's loss itself:
+# they are ranked by the eval ELBO bound (reconstruction + KL, nats per sequence).
+VAE_OBJECTIVE = 'val_elbo'
 PROJECT_NAME = 'search'
 TRIAL_SIDECAR = 'music_rnn_trial.json'
 REPORT_CSV = 'trial_report.csv'
@@ -66,18 +68,31 @@ BEST_TRIAL_PROPERTY = 'best_trial'
 TRIAL_OPTIONS = ('devices', 'replicas', 'global_batch_size', 'mixed_precision',
                  'early_stopping_patience')
 
-# Names a search may vary. batch_size is not one: it shapes the dataset, not the model.
-SEARCHABLE = ('rnn_layer_sizes', 'learning_rate', 'clip_norm', 'dropout_keep_prob',
-              'attn_length')
-_INT_NAMES = ('attn_length',)
+# Names a search may vary, per model family (the issue's). batch_size is not one: it
+# shapes the dataset, not the model.
+SEARCHABLE = {
+    configs.EVENT_RNN: ('rnn_layer_sizes', 'learning_rate', 'clip_norm', 'dropout_keep_prob',
+                        'attn_length'),
+    configs.MUSIC_VAE: ('z_size', 'free_bits', 'max_beta', 'learning_rate', 'dec_rnn_size'),
+}
+_INT_NAMES = ('attn_length', 'z_size')
+_SIZES_NAMES = training.LAYER_SIZE_HPARAMS  # lists of layer sizes: choices only
+
+
+def searchable(base) -> Tuple[str, ...]:
+  """The names a search may vary for hparams like `base` (HParams or VaeHParams)."""
+  vae = isinstance(base, configs.VaeHParams)
+  return SEARCHABLE[configs.MUSIC_VAE if vae else configs.EVENT_RNN]
 
 # --- Search space. --------------------------------------------------------------
 
 
-def default_search_space(config: configs.ModelConfig,
-                         hparams: Optional[configs.HParams] = None) -> Dict[str, Any]:
-  """The issue's space in the file syntax; attn_length only for models with attention."""
+def default_search_space(config, hparams=None) -> Dict[str, Any]:
+  """The issue's space in the file syntax, for the config's family; attn_length only for
+  models with attention."""
   hparams = hparams or config.hparams
+  if configs.is_vae(config):
+    return vae_search_space(config, hparams)
   space = {
       'rnn_layer_sizes': [[64, 64], [128, 128], [256, 256], [128, 128, 128],
                           [256, 256, 256]],
@@ -88,6 +103,24 @@ def default_search_space(config: configs.ModelConfig,
   if hparams.attn_length:
     space['attn_length'] = sorted({16, 32, 64, hparams.attn_length})
   return space
+
+
+def vae_search_space(config, hparams: configs.VaeHParams) -> Dict[str, Any]:
+  """MusicVAE: latent size, free bits and KL weight (around the config's: drums keep 48
+  free bits, melodies 0), learning rate, decoder sizes (Magenta's small and big ones)."""
+  free_bits = sorted({0.0, 16.0, 48.0, 64.0, float(hparams.free_bits)})
+  return {
+      'z_size': sorted({64, 128, 256, 512, hparams.z_size}),
+      'free_bits': free_bits if config.kind == configs.DRUMS else sorted({0.0, 16.0, 48.0}),
+      'max_beta': {'min': 0.05, 'max': 1.0, 'sampling': 'log'},
+      'learning_rate': {'min': 1e-4, 'max': 1e-2, 'sampling': 'log'},
+      'dec_rnn_size': [[128, 128], [256, 256], [512, 512], list(hparams.dec_rnn_size)],
+  }
+
+
+def objective(config) -> str:
+  """The eval metric trials are ranked by (minimized)."""
+  return VAE_OBJECTIVE if configs.is_vae(config) else OBJECTIVE
 
 
 def load_search_space_file(path: str) -> Dict[str, Any]:
@@ -107,23 +140,24 @@ def load_search_space_file(path: str) -> Dict[str, Any]:
   return raw
 
 
-def normalize_search_space(raw: Dict[str, Any], base: configs.HParams) -> Dict[str, Any]:
+def normalize_search_space(raw: Dict[str, Any], base) -> Dict[str, Any]:
   """File syntax -> {'name': {'type': 'choice'|'float'|'int'|'fixed', ...}}, validated.
 
   File syntax per name: a list (choices), {min, max[, sampling: linear|log][, step]}
   (a range) or one value (fixed); `null` drops the name (it keeps its config value).
-  Every value a trial could draw is checked against HParams through `base`, so a bad
-  file fails when the pipeline is built, not in trial 7.
+  Every value a trial could draw is checked against HParams (VaeHParams) through
+  `base`, so a bad file fails when the pipeline is built, not in trial 7.
   """
   space = {}
+  names = searchable(base)
   for name, spec in raw.items():
-    if name not in SEARCHABLE:
-      raise ValueError(f'Search space: cannot search {name!r}; searchable: {list(SEARCHABLE)}')
+    if name not in names:
+      raise ValueError(f'Search space: cannot search {name!r}; searchable: {list(names)}')
     if spec is None:
       continue
     if isinstance(spec, dict):
       unknown = sorted(set(spec) - {'min', 'max', 'sampling', 'step'})
-      if unknown or 'min' not in spec or 'max' not in spec or name == 'rnn_layer_sizes':
+      if unknown or 'min' not in spec or 'max' not in spec or name in _SIZES_NAMES:
         raise ValueError(f'Search space {name}: a range is {{min, max[, sampling][, step]}}'
                          f' of numbers, got {spec!r}')
       sampling = spec.get('sampling', 'linear')
@@ -143,7 +177,7 @@ def normalize_search_space(raw: Dict[str, Any], base: configs.HParams) -> Dict[s
     elif isinstance(spec, list):
       if not spec:
         raise ValueError(f'Search space {name}: empty list of choices')
-      if name == 'rnn_layer_sizes':
+      if name in _SIZES_NAMES:
         values = [[int(s) for s in v] if isinstance(v, (list, tuple)) else [int(v)]
                   for v in spec]
       else:
@@ -164,8 +198,7 @@ def normalize_search_space(raw: Dict[str, Any], base: configs.HParams) -> Dict[s
   return space
 
 
-def resolve_search_space(config: configs.ModelConfig, base: configs.HParams,
-                         path: Optional[str] = None) -> Dict[str, Any]:
+def resolve_search_space(config, base, path: Optional[str] = None) -> Dict[str, Any]:
   """The config's default space, with a file's entries replacing or dropping names."""
   raw = default_search_space(config, base)
   if path:
@@ -184,7 +217,7 @@ def declare(hp: keras_tuner.HyperParameters, space: Dict[str, Any]) -> None:
     kind = entry['type']
     if kind == 'choice':
       values = entry['values']
-      if name == 'rnn_layer_sizes':
+      if name in _SIZES_NAMES:
         values = [_sizes_key(v) for v in values]
       hp.Choice(name, values)
     elif kind == 'float':
@@ -195,7 +228,7 @@ def declare(hp: keras_tuner.HyperParameters, space: Dict[str, Any]) -> None:
              sampling=entry['sampling'])
     else:
       value = entry['value']
-      hp.Fixed(name, _sizes_key(value) if name == 'rnn_layer_sizes' else value)
+      hp.Fixed(name, _sizes_key(value) if name in _SIZES_NAMES else value)
 
 
 def in_space(values: Dict[str, Any], space: Dict[str, Any]) -> bool:
@@ -229,16 +262,17 @@ def state_dir(root: str, spec: Dict[str, Any]) -> str:
 
 
 class EventRnnHyperModel(keras_tuner.HyperModel):
-  """Declares the space, then builds with the Trainer's own hparam resolution and builder."""
+  """Declares the space, then builds with the Trainer's own hparam resolution and builder
+  (training.build_model: an event RNN or a MusicVAE, by the config's family)."""
 
-  def __init__(self, config: configs.ModelConfig, overrides: Optional[Dict[str, Any]],
+  def __init__(self, config, overrides: Optional[Dict[str, Any]],
                space: Dict[str, Any], seed: int = training.DEFAULT_SEED,
                dtype_policy: Optional[str] = None):
     super().__init__(name=f'{config.name}_hypermodel')
     self.config, self.overrides, self.space = config, dict(overrides or {}), space
     self.seed, self.dtype_policy = seed, dtype_policy
 
-  def hparams(self, hp: keras_tuner.HyperParameters) -> configs.HParams:
+  def hparams(self, hp: keras_tuner.HyperParameters):
     declare(hp, self.space)
     return training.resolve_hparams(self.config, self.overrides, hp)
 
@@ -246,7 +280,7 @@ class EventRnnHyperModel(keras_tuner.HyperModel):
     hparams = self.hparams(hp)
     keras.utils.set_random_seed(self.seed)  # same start for every trial
     # keras-tuner calls this inside the tuner's distribution strategy scope.
-    return model_lib.build_model(self.config, hparams, self.dtype_policy)
+    return training.build_model(self.config, hparams, self.dtype_policy, seed=self.seed)
 
   def fit(self, hp, model, *args, **kwargs):
     with warnings.catch_warnings():
@@ -267,7 +301,7 @@ class _Recorded:
 
   def on_epoch_end(self, trial, model, epoch, logs=None):
     super().on_epoch_end(trial, model, epoch, logs)
-    value = (logs or {}).get(OBJECTIVE)
+    value = (logs or {}).get(objective(self.hypermodel.config))
     self._curves.setdefault(trial.trial_id, []).append(
         [int(epoch) + 1, None if value is None else float(value)])
 
@@ -303,7 +337,7 @@ def make_tuner(kind: str, hypermodel: EventRnnHyperModel, directory: str, max_tr
                strategy: Optional[tf.distribute.Strategy] = None) -> keras_tuner.Tuner:
   """A keras-tuner tuner of `kind`, resuming whatever project `directory` holds."""
   common = dict(hypermodel=hypermodel,
-                objective=keras_tuner.Objective(OBJECTIVE, direction='min'),
+                objective=keras_tuner.Objective(objective(hypermodel.config), direction='min'),
                 seed=seed, distribution_strategy=strategy, directory=directory,
                 project_name=PROJECT_NAME, overwrite=False)
   if kind == 'random':
@@ -360,7 +394,7 @@ def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
   # The Tuner's FnArgs name it transform_graph_path (the Trainer's add transform_output).
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
   if not training.has_sequences(fn_args.train_files, tf_transform_output, config):
-    raise ValueError(f'No training sequence with >= 2 steps in {fn_args.train_files}')
+    raise ValueError(f'No training sequence in {fn_args.train_files}')
   try:
     has_eval = training.has_sequences(fn_args.eval_files, tf_transform_output, config)
   except FileNotFoundError:
@@ -382,7 +416,7 @@ def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
   logging.info('Tuner %s over %s in %s: %d trial(s) max, %d steps each (%d evals)',
                kind, sorted(space), directory, max_trials, trial_steps, epochs)
   early_stopping = keras.callbacks.EarlyStopping(
-      monitor=OBJECTIVE, mode='min',
+      monitor=objective(config), mode='min',
       patience=int(custom_config.get('early_stopping_patience', DEFAULT_PATIENCE)))
   return tfx.components.TunerFnResult(
       tuner=tuner,
@@ -418,8 +452,10 @@ def trial_rows(tuner: keras_tuner.Tuner) -> List[Dict[str, Any]]:
     row.update({k: json.dumps(v) if isinstance(v, list) else v for k, v in values.items()})
     if 'tuner/epochs' in trial.hyperparameters.values:
       row['hyperband_epochs'] = trial.hyperparameters.values['tuner/epochs']
+    ranked_by = objective(tuner.hypermodel.config)
     row.update({
-        'eval_loss': _metric(trial, OBJECTIVE),
+        'objective': ranked_by,  # what eval_loss holds: the eval loss, or a VAE's ELBO
+        'eval_loss': _metric(trial, ranked_by),
         'eval_perplexity': _metric(trial, 'val_perplexity'),
         'eval_accuracy': _metric(trial, 'val_accuracy'),
         'eval_event_accuracy': _metric(trial, 'val_event_accuracy'),
@@ -439,9 +475,10 @@ def best_summary(rows: List[Dict[str, Any]], kind: str = '') -> str:
     return f'No completed trial out of {len(rows)}.'
   best = done[0]
   hparams = ' '.join(f'{k}={best[k]:.3g}' if isinstance(best[k], float) else f'{k}={best[k]}'
-                     for k in SEARCHABLE if k in best)
+                     for k in dict.fromkeys(sum(SEARCHABLE.values(), ())) if k in best)
+  ranked_by = 'ELBO' if best.get('objective') == VAE_OBJECTIVE else 'loss'
   line = (f'Best of {len(done)} completed trial(s){f" ({kind})" if kind else ""}: trial '
-          f'{best["trial_id"]}, eval loss {best["eval_loss"]:.4f}')
+          f'{best["trial_id"]}, eval {ranked_by} {best["eval_loss"]:.4f}')
   extras = [f'{name} {best[key]:.4f}' for name, key in (
       ('perplexity', 'eval_perplexity'), ('accuracy', 'eval_accuracy'))
             if best[key] is not None]

@@ -11,8 +11,10 @@ from music_rnn import blessing
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Default data per model kind (see data/README.md): drums are the Freedoom soundtrack and
-# the drum parts of MMA's groove library (81 + 1,800 drum tracks), both committed.
+# Default data per model kind (see data/README.md), for both families: drum_kit and
+# cat-drums_2bar_small read the drums, the melody RNNs and cat-mel_2bar_small the melodies.
+# Drums are the Freedoom soundtrack and the drum parts of MMA's groove library (81 + 1,800
+# drum tracks), both committed.
 DRUMS_DATA = os.path.join(PROJECT_ROOT, 'data', 'drums', '*.tfrecord.gz')
 MELODY_DATA = os.path.join(PROJECT_ROOT, 'data', 'melody', 'essen_subset.tfrecord')
 
@@ -69,8 +71,9 @@ def pipeline_name(model_config: str) -> str:
 
 
 def default_data(kind: str) -> str:
+  """The bundled data of a config's `kind` (drums or melody), whatever its family."""
   from music_rnn import configs as model_configs  # pylint: disable=g-import-not-at-top
-  return DRUMS_DATA if kind == model_configs.DRUMS else MELODY_DATA
+  return {model_configs.DRUMS: DRUMS_DATA, model_configs.MELODY: MELODY_DATA}[kind]
 
 
 def beam_args_for_workers(workers: int) -> list:

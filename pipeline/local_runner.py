@@ -107,12 +107,27 @@ def loss_vs_unigram(summary: RunSummary) -> Optional[str]:
   """'model 2.1 vs unigram 2.8 nats/step ...': the Evaluator's eval loss beside the loss
   of the train split's label frequencies, and the blessing bound on their ratio."""
   scores = (summary.evaluation or {}).get('metrics') or {}
-  if 'loss' not in scores or evaluation.UNIGRAM_LOSS not in scores:
+  # A MusicVAE's loss is its reconstruction's (evaluation.loss_metric).
+  name = evaluation.RECONSTRUCTION_LOSS if evaluation.RECONSTRUCTION_LOSS in scores else 'loss'
+  if name not in scores or evaluation.UNIGRAM_LOSS not in scores:
     return None
-  line = (f'model {scores["loss"]:.4f} vs unigram {scores[evaluation.UNIGRAM_LOSS]:.4f} '
+  what = 'reconstruction' if name == evaluation.RECONSTRUCTION_LOSS else 'model'
+  line = (f'{what} {scores[name]:.4f} vs unigram {scores[evaluation.UNIGRAM_LOSS]:.4f} '
           f'nats/step (ratio {scores.get(evaluation.LOSS_VS_UNIGRAM, float("nan")):.3f}')
   bound = summary.thresholds.max_loss_vs_unigram if summary.thresholds else None
   return line + (f', blessing needs <= {bound:.3f})' if bound is not None else ')')
+
+
+def vae_metrics(summary: RunSummary) -> Optional[str]:
+  """A MusicVAE's Evaluator numbers in one line (None for an event RNN): reconstruction
+  accuracy teacher-forced and free-running from the encoder's mean, KL, ELBO."""
+  scores = (summary.evaluation or {}).get('metrics') or {}
+  if evaluation.RECONSTRUCTION_LOSS not in scores:
+    return None
+  get = lambda name: scores.get(name, float('nan'))
+  return (f'reconstruction accuracy {get("reconstruction_accuracy"):.4f} teacher-forced, '
+          f'{get("sampled_accuracy"):.4f} sampled (greedy from the mean); KL '
+          f'{get("kl_bits"):.2f} bits, ELBO {get("elbo"):.3f} nats per sequence')
 
 
 def _evaluation_summary(first) -> Optional[Dict[str, Any]]:

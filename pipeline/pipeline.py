@@ -1,6 +1,10 @@
 """The one `create_pipeline(settings)`: NoteSequences -> events -> Transform -> Trainer ->
 Evaluator -> Pusher.
 
+The same wiring for both model families: the config name selects the event RNNs' events
+or the MusicVAEs' 2-bar slices (ExampleGen), their Transform outputs, search space,
+model, export and Evaluator metrics (evaluation.eval_config).
+
 With `settings.tune`, a Tuner between Transform and Trainer searches hparams and the
 Trainer trains with the best; with `settings.hyperparameters`, an Importer hands the
 Trainer an earlier search's best_hyperparameters instead. It knows nothing about which

@@ -446,7 +446,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   add('--batch-size', type=_flag_type(_positive_int), default=keep,
       help='Per-replica batch size.')
   add('--hparams', type=_flag_type(p['hparams']), default=keep,
-      help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64],learning_rate=0.01'.")
+      help="Magenta syntax, the config's names: e.g. 'rnn_layer_sizes=[64,64],"
+      "learning_rate=0.01' (event RNNs), 'z_size=64,dec_rnn_size=[64,64]' (MusicVAE).")
   add('--seed', type=_flag_type(p['seed']), default=keep)
   add('--beam-pipeline-args', type=_flag_type(p['beam_pipeline_args']), default=keep,
       help='Beam options for ExampleGen, StatisticsGen, Transform and Evaluator as one '
@@ -455,9 +456,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   add('--no-cache', dest='enable_cache', action='store_false', default=keep,
       help="Disable TFX's execution cache.")
   add('--no-xla-generation', dest='xla_generation', action='store_false', default=keep,
-      help='Export the generate/prime/extend signatures as plain TensorFlow ops instead of '
-      'an XLA-compiled sampling loop (slower at small batches; for servers without XLA, '
-      'e.g. TF Serving without --xla_cpu_compilation_enabled).')
+      help="Export the event RNNs' generate/prime/extend signatures as plain TensorFlow "
+      'ops instead of an XLA-compiled sampling loop (slower at small batches; for servers '
+      'without XLA, e.g. TF Serving without --xla_cpu_compilation_enabled).')
   add('--blessing', type=_flag_type(p['blessing']), default=keep, metavar='NAME=VALUE,...',
       help='Evaluator thresholds, only blessed models are pushed: max_perplexity_fraction '
       '(eval perplexity must be below this times the number of classes), unigram_margin '
@@ -471,8 +472,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
   keep = argparse.SUPPRESS
-  t = parser.add_argument_group('tuning', 'Search rnn_layer_sizes, learning_rate, clip_norm, '
-                                '... with a TFX Tuner and train the final model with the best.')
+  t = parser.add_argument_group('tuning', "Search the config's default space (event RNNs: "
+                                'rnn_layer_sizes, learning_rate, clip_norm, ...; MusicVAE: '
+                                'z_size, free_bits, max_beta, learning_rate, dec_rnn_size) '
+                                'with a TFX Tuner and train the final model with the best.')
   t.add_argument('--tune', action='store_true', default=keep,
                  help='Add the Tuner before the Trainer.')
   t.add_argument('--tuner', default=keep,

@@ -70,27 +70,37 @@ class Generated:
   primer_length: int
 
 
-class Model:
-  """A loaded export: its config and the generation signatures."""
+class _Export:
+  """A loaded music-rnn export: its config (model_config) and signatures."""
+
+  FAMILY = configs.EVENT_RNN
+  SIGNATURES = frozenset()  # what this wrapper calls, besides model_config
 
   def __init__(self, path: str):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     self._tf = tf
     self.path = path
     self.loaded = _load_saved_model(path)
-    missing = {'generate', 'prime', 'extend', 'model_config'} - set(self.loaded.signatures)
-    if 'model_config' in missing:
+    if 'model_config' not in self.loaded.signatures:
       raise ValueError(f'{path} is a SavedModel but not a music-rnn export (it has no '
                        'model_config signature): give a model pushed by `music-rnn run`')
-    if missing:
-      raise ValueError(f'{path} has no {sorted(missing)} signature(s): it was exported '
-                       'before generation existed; re-run the pipeline with --no-cache')
     self.config = json.loads(
         self.loaded.signatures['model_config']()['config_json'].numpy().decode())
+    if self.family != self.FAMILY:
+      raise ValueError(f'{path} is a {self.name} model ({_FAMILY_NAMES[self.family]}): '
+                       f'{_FAMILY_COMMANDS[self.family]}')
+    missing = self.SIGNATURES - set(self.loaded.signatures)
+    if missing:
+      raise ValueError(f'{path} has no {sorted(missing)} signature(s): it was exported '
+                       'by an older version; re-run the pipeline with --no-cache')
 
   @property
   def name(self) -> str:
     return self.config['name']
+
+  @property
+  def family(self) -> str:
+    return self.config.get('family', configs.EVENT_RNN)  # older exports: event RNNs
 
   @property
   def is_drums(self) -> bool:
@@ -98,7 +108,30 @@ class Model:
 
   @property
   def steps_per_quarter(self) -> int:
-    return int(self.config['extractor']['steps_per_quarter'])
+    settings = self.config.get('extractor') or self.config['converter']
+    return int(settings['steps_per_quarter'])
+
+
+_FAMILY_NAMES = {configs.EVENT_RNN: 'an event RNN', configs.MUSIC_VAE: 'a MusicVAE'}
+_FAMILY_COMMANDS = {
+    configs.EVENT_RNN: 'it continues primers; use `music-rnn generate`',
+    configs.MUSIC_VAE: 'it samples and interpolates 2-bar phrases; use `music-rnn sample` '
+                       'or `music-rnn interpolate`',
+}
+
+
+def check_family(config_name: str, family: str) -> None:
+  """A usage error unless the named config is of `family` (before anything loads)."""
+  config = configs.get_config(config_name)
+  if config.family != family:
+    raise ValueError(f'{config_name} is {_FAMILY_NAMES[config.family]} config: '
+                     f'{_FAMILY_COMMANDS[config.family]}')
+
+
+class Model(_Export):
+  """An event RNN export: the generation signatures."""
+
+  SIGNATURES = frozenset({'generate', 'prime', 'extend'})
 
   # --- Calling the signatures.
 
@@ -205,6 +238,51 @@ class Model:
     return events, scores
 
 
+class VaeModel(_Export):
+  """A MusicVAE export: sample, interpolate, encode and decode 2-bar slices (events in
+  the serving format: drum class indices, melody events with pitches 21..108)."""
+
+  FAMILY = configs.MUSIC_VAE
+  SIGNATURES = frozenset({'encode', 'decode', 'sample', 'interpolate'})
+
+  @property
+  def slice_steps(self) -> int:
+    return int(self.config['hparams']['max_seq_len'])
+
+  @property
+  def pitch_range(self) -> Tuple[int, int]:
+    return int(self.config['converter']['min_pitch']), int(self.config['converter']['max_pitch'])
+
+  def _call(self, signature: str, **inputs) -> dict:
+    tf = self._tf
+    dtypes = {'events': tf.int64, 'events_a': tf.int64, 'events_b': tf.int64,
+              'z': tf.float32, 'temperature': tf.float32, 'seed': tf.int64,
+              'n': tf.int32, 'num_steps': tf.int32}
+    out = self.loaded.signatures[signature](
+        **{k: tf.constant(v, dtypes[k]) for k, v in inputs.items()})
+    return {k: v.numpy() for k, v in out.items()}
+
+  def sample(self, n: int, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """int64 [n, slice_steps]: decoded from z ~ N(0, I)."""
+    return self._call('sample', n=n, temperature=temperature, seed=seed)['events']
+
+  def interpolate(self, events_a: Sequence[int], events_b: Sequence[int], num_steps: int,
+                  temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """int64 [num_steps, slice_steps]: from (the decoded) A to B on the slerp of their
+    encodings' means."""
+    out = self._call('interpolate', events_a=[list(events_a)], events_b=[list(events_b)],
+                     num_steps=num_steps, temperature=temperature, seed=seed)
+    return out['events'][0]
+
+  def encode(self, events, seed: int = 0) -> dict:
+    """{'mu', 'sigma', 'z'} float32 [B, z_size] of events [B, slice_steps]."""
+    return self._call('encode', events=events, seed=seed)
+
+  def decode(self, z, temperature: float = 1.0, seed: int = 0) -> np.ndarray:
+    """int64 [B, slice_steps] decoded from z [B, z_size]."""
+    return self._call('decode', z=z, temperature=temperature, seed=seed)['events']
+
+
 # --- Primers (Magenta's syntax). -------------------------------------------------------
 
 
@@ -220,51 +298,51 @@ def _literal(text: str, flag: str):
     raise ValueError(f'{flag}: cannot parse {text!r} as a Python list') from None
 
 
-def parse_drum_primer(text: str) -> List[int]:
+def parse_drum_primer(text: str, flag: str = '--primer-drums') -> List[int]:
   """'[(36, 42), (), (42,)]' -> drum class indices (unknown pitches ignored, as note-seq)."""
-  value = _literal(text, '--primer-drums')
+  value = _literal(text, flag)
   if not isinstance(value, (list, tuple)) or not value:
-    raise ValueError(f'--primer-drums: expected a non-empty list of pitch tuples, got {text!r}')
+    raise ValueError(f'{flag}: expected a non-empty list of pitch tuples, got {text!r}')
   steps = []
   for step in value:
     if _is_int(step):
       step = (step,)
     if not isinstance(step, (list, tuple, set, frozenset)) or not all(
         _is_int(p) and 0 <= p <= 127 for p in step):
-      raise ValueError(f'--primer-drums: each step must be a tuple of int MIDI pitches 0..127, '
+      raise ValueError(f'{flag}: each step must be a tuple of int MIDI pitches 0..127, '
                        f'got {step!r}')
     steps.append(step)
   return events_lib.drum_events_to_class_indices(steps)
 
 
-def parse_melody_primer(text: str) -> List[int]:
+def parse_melody_primer(text: str, flag: str = '--primer-melody') -> List[int]:
   """'[60, -2, 60, -2, 67, -2, 67, -2]' -> melody events (-2 no event, -1 note off)."""
-  value = _literal(text, '--primer-melody')
+  value = _literal(text, flag)
   if not isinstance(value, (list, tuple)) or not value:
-    raise ValueError(f'--primer-melody: expected a non-empty list of events, got {text!r}')
+    raise ValueError(f'{flag}: expected a non-empty list of events, got {text!r}')
   for event in value:
     if not _is_int(event) or not -2 <= event <= 127:
-      raise ValueError('--primer-melody: events must be -2 (no event), -1 (note off) or a '
+      raise ValueError(f'{flag}: events must be -2 (no event), -1 (note off) or a '
                        f'MIDI pitch 0..127, got {event!r}')
   return list(value)
 
 
-def read_midi(path: str):
+def read_midi(path: str, flag: str = '--primer-midi'):
   """A MIDI file -> NoteSequence, with one-line errors for a missing, empty or damaged
   file (before the model is loaded, so a typo fails at once)."""
   import note_seq  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'--primer-midi {path}: no such file')
+    raise FileNotFoundError(f'{flag} {path}: no such file')
   if not os.path.getsize(path):
-    raise ValueError(f'--primer-midi {path}: the file is empty; give a standard MIDI file')
+    raise ValueError(f'{flag} {path}: the file is empty; give a standard MIDI file')
   try:
     sequence = note_seq.midi_file_to_note_sequence(path)
   except Exception as e:  # pylint: disable=broad-except; pretty_midi / mido raise many kinds
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f'--primer-midi {path}: not a readable MIDI file ({reason}); give a '
+    raise ValueError(f'{flag} {path}: not a readable MIDI file ({reason}); give a '
                      'standard MIDI file (.mid)') from None
   if not sequence.notes:
-    raise ValueError(f'--primer-midi {path}: the file has no notes')
+    raise ValueError(f'{flag} {path}: the file has no notes')
   return sequence
 
 
@@ -296,11 +374,11 @@ def primer_from_sequence(sequence, model: Model,
                                 max_steps=None, gap_bars=float('inf'), min_unique_pitches=1,
                                 ignore_polyphonic_notes=True)
   stats = collections.Counter()
-  # pylint: disable=protected-access; the project's Magenta-identical extractors
+  # The project's Magenta-identical extractors.
   if model.is_drums:
-    found = extraction._extract_drum_tracks(quantized, int(steps_per_bar), ext, stats)
+    found = extraction.extract_drum_tracks(quantized, int(steps_per_bar), ext, stats)
   else:
-    found = extraction._extract_melodies(quantized, int(steps_per_bar), ext, stats)
+    found = extraction.extract_melodies(quantized, int(steps_per_bar), ext, stats)
   if not found:
     raise ValueError(f'--primer-midi {path}: no {"drums" if model.is_drums else "melody"} '
                      'found in it')
@@ -310,6 +388,67 @@ def primer_from_sequence(sequence, model: Model,
     events = list(events) + [()] * max(0, last_end - start - len(events))
     return events_lib.drum_events_to_class_indices(events), qpm
   return list(events) + [configs.MELODY_NOTE_OFF], qpm  # end the last note
+
+
+# --- MusicVAE inputs: one 2-bar slice, from an event list or a MIDI file. ------------
+
+
+def is_event_list(text: str) -> bool:
+  """--input-a / --input-b: an event list (Python syntax) rather than a MIDI file."""
+  return text.lstrip().startswith(('[', '('))
+
+
+def parse_slice(text: str, config, flag: str) -> Tuple[List[int], str]:
+  """An event list (drums as --primer-drums, melodies as --primer-melody) -> one slice of
+  the config's length in the serving format, and a note saying how it was read.
+
+  A shorter list is padded with rests (drums: no hits; melody: -2, which holds its last
+  note); a longer one, or melody pitches outside the model's range, is an error.
+  """
+  steps = config.hparams.max_seq_len
+  if config.kind == configs.DRUMS:
+    events, rest = parse_drum_primer(text, flag), 0
+  else:
+    events, rest = parse_melody_primer(text, flag), configs.MELODY_NO_EVENT
+    low, high = config.converter.min_pitch, config.converter.max_pitch
+    outside = [e for e in events if e >= 0 and not low <= e <= high]
+    if outside:
+      raise ValueError(f'{flag}: {config.name} melodies hold pitches {low}..{high} '
+                       f'(Magenta\'s converter range); got {outside[:5]}')
+  if len(events) > steps:
+    raise ValueError(f'{flag}: a {config.name} input is one 2-bar slice of at most {steps} '
+                     f'events; got {len(events)}')
+  note = f'{flag}: {len(events)} events'
+  if len(events) < steps:
+    note += f', padded with rests to {steps}'
+  return list(events) + [rest] * (steps - len(events)), note
+
+
+def slice_from_sequence(sequence, config, path: str,
+                        flag: str) -> Tuple[List[int], Optional[float], str]:
+  """A NoteSequence read from `path` -> (its first 2-bar slice as Magenta's converter
+  cuts it, the tempo or None, a note saying which slice).
+
+  The slices are what the ExampleGen extracts for the config (extraction.py, Magenta's
+  DrumsConverter / OneHotMelodyConverter): no slice is an error naming the reasons.
+  """
+  from music_rnn import extraction  # pylint: disable=g-import-not-at-top
+  stats = collections.Counter()
+  found = extraction.extract_sequences(sequence, config, stats)
+  if not found:
+    reasons = ', '.join(f'{k}={v}' for k, v in sorted(stats.items()) if v and
+                        k != 'sequences_processed')
+    raise ValueError(f'{flag} {path}: no 2-bar {config.kind} slice in it, as '
+                     f'{config.name} reads MIDI (Magenta\'s converter: {reasons or "nothing"}'
+                     '); give a file with 2 bars of 4/4 drums / melody')
+  first = found[0]
+  qpm = sequence.tempos[0].qpm if sequence.tempos and sequence.tempos[0].qpm else None
+  bar = first.start_step // first.steps_per_bar + 1
+  note = (f'{flag} {path}: bars {bar}-{bar + config.converter.slice_bars - 1}'
+          + (f' (the first of {len(found)} 2-bar slices)' if len(found) > 1 else ''))
+  if config.kind == configs.DRUMS:
+    return events_lib.drum_events_to_class_indices(first.events), qpm, note
+  return list(first.events), qpm, note
 
 
 # --- Events -> NoteSequence, MIDI, piano roll. ---------------------------------------
@@ -356,14 +495,26 @@ def write_midi(sequence, path: str) -> None:
   note_seq.sequence_proto_to_midi_file(sequence, path)
 
 
-def write_piano_roll(events: Sequence[int], is_drums: bool, path: str, title: str,
-                     primer_length: int = 0) -> None:
-  """A piano-roll PNG: one row per pitch (drums: per drum type), the primer shaded."""
+_DRUM_NAMES = ['kick', 'snare', 'closed hh', 'open hh', 'low tom', 'mid tom', 'high tom',
+               'crash', 'ride']
+
+
+def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  length = len(events)
-  fig, ax = plt.subplots(figsize=(min(4 + length / 16, 40), 4))
+  return plt
+
+
+def _melody_notes(events: Sequence[int]):
+  return to_note_sequence(events, False, qpm=60.0, steps_per_quarter=1).notes  # 1 s per step
+
+
+def _draw_roll(ax, events: Sequence[int], is_drums: bool, pitches: Optional[Sequence[int]] = None,
+               y_labels: bool = True) -> None:
+  """One piano roll on `ax`: a row per drum type, or per MIDI pitch (y range: the
+  `pitches` given, else the events' own)."""
+  plt = _pyplot()
   if is_drums:
     for step, index in enumerate(events):
       for t in range(configs.NUM_DRUM_CLASSES):
@@ -371,25 +522,117 @@ def write_piano_roll(events: Sequence[int], is_drums: bool, path: str, title: st
           ax.add_patch(plt.Rectangle((step + 0.05, t - 0.4), 0.9, 0.8, color='tab:blue'))
     ax.set_ylim(-0.6, configs.NUM_DRUM_CLASSES - 0.4)
     ax.set_yticks(range(configs.NUM_DRUM_CLASSES))
-    ax.set_yticklabels(['kick', 'snare', 'closed hh', 'open hh', 'low tom', 'mid tom',
-                        'high tom', 'crash', 'ride'])
+    ax.set_yticklabels(_DRUM_NAMES)
   else:
-    notes = to_note_sequence(events, False, qpm=60.0, steps_per_quarter=1).notes
-    for n in notes:  # one second per step at this tempo
+    notes = _melody_notes(events)
+    for n in notes:
       ax.add_patch(plt.Rectangle((n.start_time + 0.05, n.pitch - 0.4),
                                  n.end_time - n.start_time - 0.1, 0.8, color='tab:blue'))
-    pitches = [n.pitch for n in notes] or [60]
+    pitches = list(pitches or [n.pitch for n in notes]) or [60]
     ax.set_ylim(min(pitches) - 2, max(pitches) + 2)
-    ax.set_ylabel('MIDI pitch')
+    if y_labels:
+      ax.set_ylabel('MIDI pitch')
+  if not y_labels:
+    ax.tick_params(labelleft=False)
+  ax.set_xlim(0, len(events))
+
+
+def write_piano_roll(events: Sequence[int], is_drums: bool, path: str, title: str,
+                     primer_length: int = 0) -> None:
+  """A piano-roll PNG: one row per pitch (drums: per drum type), the primer shaded."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(min(4 + len(events) / 16, 40), 4))
+  _draw_roll(ax, events, is_drums)
   if primer_length:
     ax.axvspan(0, primer_length, color='0.9', zorder=0, label='primer')
     ax.legend(loc='upper right')
-  ax.set_xlim(0, length)
   ax.set_xlabel('step (16th note)')
   ax.set_title(title)
   fig.tight_layout()
   fig.savefig(path, dpi=80)
   plt.close(fig)
+
+
+def write_piano_roll_panels(rows: Sequence[Sequence[int]], is_drums: bool, path: str,
+                            titles: Sequence[str], title: str, columns: int) -> None:
+  """Several piano rolls in one PNG, `columns` per line, on one pitch scale: an
+  interpolation as one strip (columns = len(rows)), samples as a grid."""
+  plt = _pyplot()
+  lines = math.ceil(len(rows) / columns)
+  fig, axes = plt.subplots(lines, columns, squeeze=False, sharey=True,
+                           figsize=(1.2 + 2.4 * columns, 0.6 + 2.4 * lines))
+  pitches = None
+  if not is_drums:
+    pitches = [n.pitch for events in rows for n in _melody_notes(events)] or [60]
+  for i, ax in enumerate(axes.ravel()):
+    if i >= len(rows):
+      ax.axis('off')
+      continue
+    _draw_roll(ax, rows[i], is_drums, pitches, y_labels=i % columns == 0)
+    ax.set_xticks(range(0, len(rows[i]) + 1, 16))  # bar lines (16 steps a bar)
+    ax.grid(axis='x', color='0.6', linewidth=0.8)
+    ax.set_title(titles[i], fontsize=10)
+  fig.suptitle(title)
+  fig.supxlabel('step (16th note)', fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+
+
+def _stem(stem: Optional[str]) -> str:
+  return stem or datetime.datetime.now().strftime('%Y-%m-%d_%H%M%S')
+
+
+def _slice_midi(model: VaeModel, events, path: str, qpm: float) -> str:
+  write_midi(to_note_sequence(events, model.is_drums, qpm, model.steps_per_quarter), path)
+  return path
+
+
+def _join_slices(slices: Sequence[Sequence[int]], is_drums: bool) -> np.ndarray:
+  """Slices back to back; a melody slice starting with 'no event' ends the note held
+  over from the slice before (each slice starts afresh, as it was decoded)."""
+  joined = [np.array(events, np.int64) for events in slices]
+  if not is_drums:
+    for events in joined[1:]:
+      if events[0] == configs.MELODY_NO_EVENT:
+        events[0] = configs.MELODY_NOTE_OFF
+  return np.concatenate(joined)
+
+
+def write_samples(model: VaeModel, samples: np.ndarray, output_dir: str, qpm: float,
+                  title: str, stem: Optional[str] = None) -> Tuple[List[str], str]:
+  """One MIDI file per sample and one PNG with all of them as a grid of piano rolls;
+  returns (MIDI paths, PNG path)."""
+  os.makedirs(output_dir, exist_ok=True)
+  stem = _stem(stem)
+  digits = len(str(len(samples)))
+  mids = [_slice_midi(model, events, os.path.join(
+      output_dir, f'{stem}_{str(i + 1).zfill(digits)}.mid'), qpm)
+          for i, events in enumerate(samples)]
+  png = os.path.join(output_dir, f'{stem}_samples.png')
+  write_piano_roll_panels(samples, model.is_drums, png,
+                          [f'#{i + 1}' for i in range(len(samples))], title,
+                          columns=min(4, len(samples)))
+  return mids, png
+
+
+def write_interpolation(model: VaeModel, steps: np.ndarray, output_dir: str, qpm: float,
+                        title: str, stem: Optional[str] = None) -> Tuple[List[str], str]:
+  """One MIDI file per interpolation step, one with all steps back to back (as Magenta's
+  demos play an interpolation), and one PNG showing them as a strip of piano rolls;
+  returns (MIDI paths, the whole one last; PNG path)."""
+  os.makedirs(output_dir, exist_ok=True)
+  stem = _stem(stem)
+  digits = len(str(len(steps)))
+  mids = [_slice_midi(model, events, os.path.join(
+      output_dir, f'{stem}_{str(i + 1).zfill(digits)}.mid'), qpm)
+          for i, events in enumerate(steps)]
+  mids.append(_slice_midi(model, _join_slices(steps, model.is_drums),
+                          os.path.join(output_dir, f'{stem}_interpolation.mid'), qpm))
+  png = os.path.join(output_dir, f'{stem}_interpolation.png')
+  titles = ['A'] + [str(i + 1) for i in range(1, len(steps) - 1)] + ['B']
+  write_piano_roll_panels(steps, model.is_drums, png, titles, title, columns=len(steps))
+  return mids, png
 
 
 def write_outputs(model: Model, generated: Generated, output_dir: str, qpm: float,

@@ -176,7 +176,7 @@ def run_transform(root, config_name: str, raw, analyze: str = 'train'):
 def bundled_raw_splits(config_name: str, max_pieces: Optional[int] = None):
   """{'train', 'eval': serialized raw tf.Examples} of the bundled data for a config: the
   first `max_pieces` pieces (all: None), extracted and split by piece as the ExampleGen
-  does (the config's eval_ratio)."""
+  does (the config's eval_ratio; MusicVAE configs: train keeps the sampled slices)."""
   import collections
   from components.note_sequence_example_gen import splitting
   from music_rnn import configs, extraction
@@ -190,6 +190,8 @@ def bundled_raw_splits(config_name: str, max_pieces: Optional[int] = None):
   held_out = splitting.eval_pieces([s.source_id for s in seqs], config.extractor.eval_ratio)
   raw = {'train': [], 'eval': []}
   for s in seqs:
-    raw['eval' if s.source_id in held_out else 'train'].append(
-        extraction.to_tf_example(s, config).SerializeToString())
+    split = 'eval' if s.source_id in held_out else 'train'
+    if split == 'train' and s.in_training_sample is False:
+      continue  # a MusicVAE slice outside its piece's training sample (as the ExampleGen)
+    raw[split].append(extraction.to_tf_example(s, config).SerializeToString())
   return raw

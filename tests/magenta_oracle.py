@@ -17,6 +17,17 @@ settings those files use; 'melody-ignore-polyphonic' flips MelodyExtractor's
 ignore_polyphonic_notes), and prints one JSON line per kind and piece:
   {"kind", "id", "sequences": [{"start_step", "steps_per_bar", "qpm", "events"}], "stats"}
 Drum events are per-step sorted pitch lists. Only Counter stats are reported.
+
+KINDS may also name MusicVAE's converters, 'vae-drums' and 'vae-melody': Magenta's
+DrumsConverter / OneHotMelodyConverter with the cat-drums_2bar_small / cat-mel_2bar_small
+arguments (music_vae/configs.py), in eval mode with no per-piece limit, so `to_tensors`
+returns every unique slice. One JSON line per kind and piece:
+  {"kind", "id", "slices": [[label per step], ...], "inputs": [[[input bits], ...], ...]}
+labels are the argmax of the output tensors (drums: MultiDrumOneHotEncoding index of the
+class set; melody: MelodyOneHotEncoding index over pitches 21..108).
+data.py is imported without magenta/__init__.py, with two shims for this environment:
+a stand-in `tensorflow_datasets` module (data.py uses it only to read datasets) and
+np.bool (removed from NumPy 1.24; data.py uses it as a dtype).
 """
 
 import importlib.util
@@ -46,6 +57,42 @@ def _import_magenta_pipelines():
   return drum_pipelines, melody_pipelines, note_sequence_pipelines, statistics
 
 
+def _vae_converters():
+  """MusicVAE's converters, built as music_vae/configs.py builds the two 2-bar configs.
+
+  Call after _import_magenta_pipelines (whose bare `magenta` package this extends).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  root = sys.modules['magenta'].__path__[0]
+  for name in ('magenta.models', 'magenta.models.music_vae'):
+    package = types.ModuleType(name)  # a bare package: its __init__.py is not run
+    package.__path__ = [os.path.join(root, *name.split('.')[1:])]
+    sys.modules.setdefault(name, package)
+  sys.modules.setdefault('tensorflow_datasets', types.ModuleType('tensorflow_datasets'))
+  if 'bool' not in np.__dict__:
+    np.bool = bool
+  from magenta.models.music_vae import data  # pylint: disable=g-import-not-at-top
+  converters = {
+      'vae-drums': data.DrumsConverter(max_bars=100, slice_bars=2, steps_per_quarter=4,
+                                       roll_input=True),
+      'vae-melody': data.OneHotMelodyConverter(
+          valid_programs=data.MEL_PROGRAMS, skip_polyphony=False, max_bars=100,
+          slice_bars=2, steps_per_quarter=4),
+  }
+  for converter in converters.values():
+    converter.set_mode('eval')
+    converter.max_tensors_per_notesequence = None  # every slice
+  return converters
+
+
+def _vae_line(kind, converter, ns):
+  tensors = converter.to_tensors(ns)
+  return json.dumps({
+      'kind': kind, 'id': ns.id,
+      'slices': [[int(i) for i in output.argmax(-1)] for output in tensors.outputs],
+      'inputs': [[[int(b) for b in step] for step in inputs] for inputs in tensors.inputs]})
+
+
 def _read(path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from note_seq.protobuf import music_pb2  # pylint: disable=g-import-not-at-top
@@ -59,6 +106,7 @@ def main(argv):
   kinds, path = argv[1].split(','), argv[2]
   drum_pipelines, melody_pipelines, note_sequence_pipelines, statistics = (
       _import_magenta_pipelines())
+  converters = _vae_converters() if any(k.startswith('vae-') for k in kinds) else {}
   splitter = note_sequence_pipelines.TimeChangeSplitter(name='S')
   quantizer = note_sequence_pipelines.Quantizer(steps_per_quarter=4, name='Q')
   transposer = note_sequence_pipelines.TranspositionPipeline((0,), name='T')
@@ -84,6 +132,9 @@ def main(argv):
 
   for ns in _read(path):
     for kind in kinds:
+      if kind in converters:
+        print(_vae_line(kind, converters[kind], ns))
+        continue
       stats, sequences = {}, []
       for segment in run(splitter, ns, stats):
         for quantized in run(quantizer, segment, stats):

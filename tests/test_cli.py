@@ -160,3 +160,50 @@ def test_generate_checks_flags_before_loading_anything(tmp_path):
   assert 'Traceback (most recent call last)' in debug.stderr
   assert debug.stderr.splitlines()[-1] == f'music-rnn generate: error: {cases[0][1]}'
   assert not (tmp_path / 'out').exists()
+
+
+# --- MusicVAE commands: the family is checked before anything loads. ---------------------
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['generate', '--config', 'cat-drums_2bar_small'],
+     'cat-drums_2bar_small is a MusicVAE config: it samples and interpolates 2-bar phrases; '
+     'use `music-rnn sample` or `music-rnn interpolate`'),
+    (['sample', '--config', 'drum_kit'],
+     'drum_kit is an event RNN config: it continues primers; use `music-rnn generate`'),
+    (['interpolate', '--config', 'basic_rnn', '--input-a', '[60]', '--input-b', '[62]'],
+     'basic_rnn is an event RNN config'),
+    (['interpolate', '--config', 'cat-mel_2bar_small', '--input-a', '[60, 10]',
+      '--input-b', '[62]'],
+     '--input-a: cat-mel_2bar_small melodies hold pitches 21..108'),
+    (['interpolate', '--config', 'cat-drums_2bar_small', '--input-a', '[(36,)]',
+      '--input-b', str([(36,)] * 33)],
+     '--input-b: a cat-drums_2bar_small input is one 2-bar slice of at most 32 events; got 33'),
+    (['interpolate', '--config', 'cat-drums_2bar_small', '--input-a', '[(36, True)]',
+      '--input-b', '[(36,)]'], '--input-a: each step must be a tuple of int MIDI pitches'),
+    (['interpolate', '--config', 'cat-drums_2bar_small', '--input-a', 'missing.mid',
+      '--input-b', '[(36,)]'], '--input-a missing.mid: no such file'),
+])
+def test_vae_commands_check_the_family_and_inputs_first(capsys, tmp_path, argv, message):
+  """One line, exit 2, before any model is looked for (there is none) or TensorFlow loads."""
+  code = cli.main(argv + ['--serving-dir', str(tmp_path / 'none'), '--output-dir',
+                          str(tmp_path / 'out')])
+  assert code == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()
+  assert message in line, line
+  assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['sample', '--num-outputs', '0'], 'expected an integer in [1, 32768]'),
+    (['sample', '--num-outputs', '40000'], 'expected an integer in [1, 32768]'),
+    (['sample', '--temperature', '0'], 'expected a number > 0, got 0.0'),
+    (['interpolate', '--input-a', 'a.mid', '--input-b', 'b.mid', '--num-steps', '1'],
+     'expected an integer in [2, 32768]'),
+    (['interpolate', '--input-a', 'a.mid'], 'the following arguments are required: --input-b'),
+])
+def test_vae_flags_name_their_bounds(capsys, argv, message):
+  with pytest.raises(SystemExit) as exc:
+    cli.main(argv + ['--output-dir', 'out'])
+  assert exc.value.code == 2
+  assert message in capsys.readouterr().err

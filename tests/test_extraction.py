@@ -478,6 +478,20 @@ def test_split_is_stable_when_pieces_are_added():
 
 def _example_gen_splits(tmp_path, data, config_name, split_seed=0):
   """Runs the real NoteSequenceExampleGen alone; {split: {source_id: examples}}."""
+  records, examples, split = run_example_gen(tmp_path, data, config_name, split_seed)
+  splits = {}
+  for name, serialized in records.items():
+    splits[name] = collections.Counter(
+        tf.train.Example.FromString(r).features.feature[
+            features.SOURCE_ID].bytes_list.value[0].decode() for r in serialized)
+  return splits, examples, split
+
+
+def run_example_gen(tmp_path, data, config_name, split_seed=0):
+  """Runs the real NoteSequenceExampleGen alone (LocalDagRunner, Beam in process).
+
+  Returns ({split: [serialized tf.Example]}, the Examples artifact, its split record).
+  """
   from tfx import v1 as tfx
   from components.note_sequence_example_gen import NoteSequenceExampleGen
   from components.note_sequence_example_gen import executor as example_gen_executor
@@ -494,14 +508,12 @@ def _example_gen_splits(tmp_path, data, config_name, split_seed=0):
   results = mlmd_results.latest_results(metadata, name)
   examples = results['NoteSequenceExampleGen'].outputs['examples'][0]
   assert json.loads(examples.properties['split_names'].string_value) == ['train', 'eval']
-  splits = {}
+  records = {}
   for split in ('train', 'eval'):
     files = tf.io.gfile.glob(os.path.join(examples.uri, f'Split-{split}', '*.gz'))
-    ids = splits[split] = collections.Counter()
-    for r in tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator():
-      ids[tf.train.Example.FromString(r).features.feature[
-          features.SOURCE_ID].bytes_list.value[0].decode()] += 1
-  return splits, examples, example_gen_executor.read_split(examples.uri)
+    records[split] = list(
+        tf.data.TFRecordDataset(files, compression_type='GZIP').as_numpy_iterator())
+  return records, examples, example_gen_executor.read_split(examples.uri)
 
 
 def test_split_freedoom_example_gen_by_piece(tmp_path, freedoom):

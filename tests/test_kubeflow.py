@@ -1,6 +1,7 @@
 """Kubeflow Pipelines up to the cluster boundary (no cluster, no Docker daemon here).
 
-Compiles the one create_pipeline for both model kinds with KubeflowV2DagRunner, parses
+Compiles the one create_pipeline for both model kinds of both families (event RNNs and
+MusicVAEs) with KubeflowV2DagRunner, parses
 the specs with KFP's pipeline-spec protos and KFP's own loader, checks every component's
 image, command, arguments and wiring, and imports every module path the specs name from
 an emulated image layout: the package installed from the context build_image.sh stages.
@@ -22,6 +23,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 from tfx.utils import name_utils
 
+from music_rnn import configs
 from pipeline import pipeline as pipeline_lib
 
 from tests.conftest import PROJECT_ROOT
@@ -30,7 +32,13 @@ KUBEFLOW_DIR = os.path.join(PROJECT_ROOT, 'kubeflow')
 IMAGE = 'europe-west4-docker.pkg.dev/my-project/music/music-rnn-tfx:test'
 PIPELINE_ROOT = 'gs://my-bucket/music-rnn'
 DATA = {'drum_kit': 'gs://my-bucket/data/drums/*.tfrecord*',
-        'attention_rnn': 'gs://my-bucket/data/melody'}
+        'attention_rnn': 'gs://my-bucket/data/melody',
+        'cat-drums_2bar_small': 'gs://my-bucket/data/drums',
+        'cat-mel_2bar_small': 'gs://my-bucket/data/melody/*.tfrecord'}
+# Each family's own hparam names (an RNN's are unknown to a MusicVAE and the reverse).
+HPARAMS = {'drum_kit': 'rnn_layer_sizes=[64,64]', 'attention_rnn': 'rnn_layer_sizes=[64,64]',
+           'cat-drums_2bar_small': 'z_size=64,dec_rnn_size=[64,64]',
+           'cat-mel_2bar_small': 'z_size=64,dec_rnn_size=[64,64]'}
 DATAFLOW_ARGS = ['--runner=DataflowRunner', '--project=my-project', '--region=europe-west4',
                  '--temp_location=gs://my-bucket/tmp', f'--sdk_container_image={IMAGE}',
                  '--experiments=use_runner_v2']
@@ -50,7 +58,8 @@ runner = _load_runner()
 
 @pytest.fixture(scope='module')
 def compiled(tmp_path_factory):
-  """{config: (tfx pipeline, PipelineJob dict, json path, yaml path)} for both kinds."""
+  """{config: (tfx pipeline, PipelineJob dict, json path, yaml path)} for both kinds of
+  both families."""
   out = tmp_path_factory.mktemp('specs')
   result = {}
   for config, data in DATA.items():
@@ -65,7 +74,7 @@ def compiled(tmp_path_factory):
 def _argv(config, data, output, *more):
   return ['--config', config, '--pipeline-root', PIPELINE_ROOT, '--data', data, '--image', IMAGE,
           '--beam-pipeline-args=' + ' '.join(DATAFLOW_ARGS), '--train-steps', '50',
-          '--eval-steps', '5', '--hparams', 'rnn_layer_sizes=[64,64]', '--output', output, *more]
+          '--eval-steps', '5', '--hparams', HPARAMS[config], '--output', output, *more]
 
 
 @pytest.mark.parametrize('config', sorted(DATA))
@@ -168,7 +177,7 @@ def test_every_component_image_command_args_and_wiring(compiled, config):
   assert param('Trainer', 'run_fn')['stringValue'] == 'module_file.run_fn'
   trainer_config = json.loads(param('Trainer', 'custom_config')['stringValue'])
   assert trainer_config['config_name'] == config
-  assert trainer_config['hparams'] == {'rnn_layer_sizes': [64, 64]}
+  assert trainer_config['hparams'] == configs.parse_hparams(HPARAMS[config])
   assert json.loads(param('Trainer', 'train_args')['stringValue']) == {'num_steps': 50}
   push = json.loads(param('Pusher', 'push_destination')['stringValue'])
   assert push['filesystem']['base_directory'] == f'{PIPELINE_ROOT}/serving/{config}'
@@ -243,8 +252,7 @@ def test_module_paths_resolve_inside_the_image_layout(compiled, image_layout):
   assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
   assert 'all module paths resolve' in proc.stdout
   checked = re.findall(r'^  ok +\S.*? (\S+)  \((.*)\)$', proc.stdout, re.M)
-  # Both given specs plus one compiled per model config in the layout.
-  from music_rnn import configs  # pylint: disable=g-import-not-at-top
+  # The given specs plus one compiled per model config in the layout.
   assert proc.stdout.count('== ') == len(specs) + len(configs.CONFIGS)
   project = [(path, origin) for path, origin in checked
              if path.split('.')[0] in ('module_file', 'components', 'music_rnn', 'pipeline')]

@@ -1,7 +1,8 @@
 """The walkthrough notebook, executed headless (nbclient) with tiny settings.
 
 Any cell error fails the test; the outputs a new user is meant to see (TFDV statistics,
-schema, anomalies, TensorBoard, the pushed model) must be there.
+schema, anomalies, TensorBoard, the pushed model; in the MusicVAE section the pushed VAE,
+its samples and the interpolation strip) must be there.
 """
 
 import importlib.util
@@ -51,7 +52,12 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
       'MODEL_CONFIG': 'drum_kit', 'DATA': data, 'TRAIN_STEPS': '3', 'EVAL_STEPS': '2',
       'HPARAMS': 'rnn_layer_sizes=[32,32],attn_length=8,batch_size=4',
       'TUNE': '1', 'MAX_TRIALS': '2', 'TRIAL_STEPS': '2', 'TENSORBOARD': '1',
-      'GENERATE_STEPS': '16', 'OUTPUT_ROOT': out, 'BLESSING': SMOKE_BLESSING}.items():
+      'GENERATE_STEPS': '16', 'OUTPUT_ROOT': out, 'BLESSING': SMOKE_BLESSING,
+      # The MusicVAE section: the drum VAE on the same slice, tiny.
+      'VAE_DATA': data, 'VAE_TRAIN_STEPS': '3', 'VAE_EVAL_STEPS': '2',
+      'VAE_HPARAMS': 'z_size=8,enc_rnn_size=[16],dec_rnn_size=[16],batch_size=4',
+      'VAE_BLESSING': SMOKE_BLESSING, 'VAE_SAMPLES': '3', 'VAE_INTERPOLATION_STEPS': '4',
+      }.items():
     monkeypatch.setenv('MUSIC_RNN_NB_' + key, value)
   monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', '2')
   # The kernel imports the working tree, like pytest (pythonpath = .), not whatever an older
@@ -72,7 +78,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   assert ids[0] == 'NoteSequenceExampleGen'
   assert ids[-3:] == ['Trainer', 'Evaluator', 'Pusher']  # no baseline: no resolver
 
-  stats = _text(_cell(nb, 'read_stats('))
+  stats = _text(_cell(nb, 'stats = example_gen_executor.read_stats('))
   assert 'drum_tracks_extracted' in stats
   # TFDV's visualisations: Facets Overview for statistics, tables for schema and anomalies.
   assert 'facets-overview' in _text(_cell(nb, "outputs['statistics']"))
@@ -100,3 +106,30 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
     assert any('image/png' in o.get('data', {}) for o in roll.outputs)
   else:
     assert 'Generation is not in this checkout' in _text(roll)
+
+  _check_music_vae_section(nb, out)
+
+
+def _images(cell):
+  return [o for o in cell.outputs if 'image/png' in o.get('data', {})]
+
+
+def _check_music_vae_section(nb, out):
+  """The VAE pipeline ran through every component, was pushed, sampled and interpolated."""
+  vae = 'cat-drums_2bar_small'
+  ran = _cell(nb, 'run_vae_through(vae_pipeline.components[-1].id)')
+  ids = [line for line in _text(ran).splitlines() if ' -> ' in line][-1].split(' -> ')
+  assert ids[0] == 'NoteSequenceExampleGen' and ids[-3:] == ['Trainer', 'Evaluator', 'Pusher']
+  assert 'slices_extracted' in _text(ran)  # ExampleGen's counters: 2-bar slices
+  evaluated = _cell(nb, "vae_components['Evaluator']")
+  assert 'BLESSED' in _text(evaluated) and 'NOT blessed' not in _text(evaluated)
+  assert 'kl_bits' in _text(evaluated) and len(_images(evaluated)) == 1  # the loss curve
+  [version] = os.listdir(os.path.join(out, 'serving', vae))  # pushed, and sampled from
+  sampled = _cell(nb, 'vae_model.sample(')
+  assert f'from {os.path.join(out, "serving", vae, version)}' in _text(sampled)
+  assert len(_images(sampled)) == 1
+  strip = _cell(nb, 'vae_model.interpolate(')
+  assert len(_images(strip)) == 1
+  assert '4 steps of 32 events' in _text(strip)
+  written = os.path.join(out, 'music_vae', vae)
+  assert sorted(os.listdir(written)) == ['interpolation.png', 'samples.png']

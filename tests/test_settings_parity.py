@@ -7,6 +7,8 @@ file's dag_settings (what build_dag builds from), the Kubeflow compiler's argv t
 main() (which compiles the spec), and the notebook's settings cell executed with
 MUSIC_RNN_NB_* variables. Two scenarios between them set every field to a non-default
 value, so a runner that drops an option fails here; a new field fails until it is added.
+A third runs a MusicVAE config through the same surfaces (the notebook's MusicVAE section
+has its own settings cell, MUSIC_RNN_NB_VAE_*): a new config needs no runner of its own.
 """
 
 import dataclasses
@@ -102,7 +104,28 @@ def _scenarios(tmp):
       'hyperparameters': (str(tmp / 'hp'), ['--hyperparameters', str(tmp / 'hp')],
                           str(tmp / 'hp')),
   }
-  return {'tuned': tuned, 'reused': reused}
+  vae = {
+      **common,
+      'model_config': ('cat-mel_2bar_small', None, 'cat-mel_2bar_small'),
+      'data': (melody, ['--data', melody], melody),
+      'eval_ratio': (0.3, ['--eval-ratio', '0.3'], '0.3'),
+      'eval_steps': (3, ['--eval-steps', '3'], '3'),
+      # No batch size: fast_dev_run cuts the config's own (Magenta's 512).
+      'hparams': ({'z_size': 8, 'enc_rnn_size': [8], 'dec_rnn_size': [8, 8], 'free_bits': 2.0},
+                  ['--hparams', 'z_size=8,enc_rnn_size=[8],dec_rnn_size=[8,8],free_bits=2.0'],
+                  'z_size=8,enc_rnn_size=[8],dec_rnn_size=[8,8],free_bits=2.0'),
+      'fast_dev_run': (True, ['--fast-dev-run'], '1'),
+      'seed': (11, ['--seed', '11'], '11'),
+      'checkpoint_every': (None, ['--checkpoint-every', 'none'], 'none'),
+      'mixed_precision': ('mixed_bfloat16', ['--mixed-precision', 'mixed_bfloat16'],
+                          'mixed_bfloat16'),
+      'blessing': (configs.BLESSING.replace(blessing), ['--blessing', blessing],
+                   blessing),
+      # The config's own search space (z_size, free_bits, max_beta, ...) in the Tuner.
+      'tune': (True, ['--tune'], '1'),
+      'max_trials': (4, ['--max-trials', '4'], '4'),
+  }
+  return {'tuned': tuned, 'reused': reused, 'vae': vae}
 
 
 def _expected(options):
@@ -132,9 +155,17 @@ def _from_cli(options, monkeypatch):
   return settings
 
 
-def _from_airflow(options):
-  environ = _env(dag_file.ENV_PREFIX, options, skip=('model_config',))
-  return dag_file.dag_settings(options['model_config'][0], environ)
+def _from_airflow(options, per_dag=False):
+  """The DAG's settings from the shared MUSIC_RNN_AIRFLOW_* variables or (per_dag) from its
+  own MUSIC_RNN_AIRFLOW_<CONFIG>__* ones, over shared ones that must lose."""
+  model_config = options['model_config'][0]
+  if not per_dag:
+    return dag_file.dag_settings(model_config, _env(dag_file.ENV_PREFIX, options,
+                                                    skip=('model_config',)))
+  environ = {**_env(dag_file.dag_prefix(model_config), options, skip=('model_config',)),
+             dag_file.ENV_PREFIX + 'HPARAMS': 'rnn_layer_sizes=[8]',  # another DAG's
+             dag_file.ENV_PREFIX + 'SEED': '99'}
+  return dag_file.dag_settings(model_config, environ)
 
 
 def _from_kubeflow(options, tmp_path, monkeypatch):
@@ -154,15 +185,20 @@ def _from_kubeflow(options, tmp_path, monkeypatch):
   return compiled[0]
 
 
-def _from_notebook(options, monkeypatch):
-  for name, value in _env('MUSIC_RNN_NB_', options).items():
-    monkeypatch.setenv(name, value)
+def _from_notebook(options, monkeypatch, prefix='MUSIC_RNN_NB_', name='settings'):
+  """The settings cells (the walkthrough's, then the MusicVAE section's) run in order with
+  `prefix` variables; returns the one the cell that reads `prefix` names `name`."""
+  for variable, value in _env(prefix, options).items():
+    monkeypatch.setenv(variable, value)
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  [cell] = [c for c in nb.cells
-            if c.cell_type == 'code' and 'PipelineSettings.from_env(' in c.source]
+  cells = [c for c in nb.cells
+           if c.cell_type == 'code' and 'PipelineSettings.from_env(' in c.source]
   namespace = {}
-  exec(compile(cell.source, NOTEBOOK, 'exec'), namespace)  # pylint: disable=exec-used
-  return namespace['settings']
+  for cell in cells:
+    exec(compile(cell.source, NOTEBOOK, 'exec'), namespace)  # pylint: disable=exec-used
+    if f"from_env('{prefix}'" in cell.source:
+      return namespace[name]
+  raise AssertionError(f'no notebook cell reads {prefix}* variables')
 
 
 def _runner_independent(settings):
@@ -193,7 +229,7 @@ def test_scenarios_cover_every_field(tmp_path):
   assert not missing, f'give these fields a non-default value in a scenario: {missing}'
 
 
-@pytest.mark.parametrize('scenario', ['tuned', 'reused'])
+@pytest.mark.parametrize('scenario', ['tuned', 'reused', 'vae'])
 def test_every_runner_builds_the_same_settings_and_pipeline(scenario, tmp_path, monkeypatch):
   options = _scenarios(tmp_path)[scenario]
   expected = _expected(options)
@@ -203,6 +239,10 @@ def test_every_runner_builds_the_same_settings_and_pipeline(scenario, tmp_path, 
       'kubeflow': _from_kubeflow(options, tmp_path, monkeypatch),
       'notebook': _from_notebook(options, monkeypatch),
   }
+  if scenario == 'vae':  # the notebook's MusicVAE section, and a DAG's own variables
+    built['notebook MusicVAE section'] = _from_notebook(
+        options, monkeypatch, prefix='MUSIC_RNN_NB_VAE_', name='vae_settings')
+    built['airflow, per-DAG variables'] = _from_airflow(options, per_dag=True)
   for runner, settings in built.items():
     # As runs use them: fast_dev_run overrides the steps a surface may default (the
     # notebook's own defaults are a shorter run than music-rnn run's).
@@ -214,6 +254,12 @@ def test_every_runner_builds_the_same_settings_and_pipeline(scenario, tmp_path, 
              if n.pipeline_node.node_info.id == 'Trainer'][0]
   custom = json.loads(trainer.parameters.parameters['custom_config'].field_value.string_value)
   assert custom['seed'] == expected.seed and custom['hparams'] == expected.resolved().hparams
+  if scenario == 'vae':
+    assert custom['hparams']['batch_size'] == configs.FAST_DEV_RUN_BATCH_SIZE
+    tuner = [n.pipeline_node for n in reference.nodes
+             if n.pipeline_node.node_info.id == 'Tuner'][0]
+    search = json.loads(tuner.parameters.parameters['custom_config'].field_value.string_value)
+    assert {'z_size', 'free_bits', 'max_beta', 'dec_rnn_size'} <= set(search['search_space'])
   for runner, settings in built.items():
     assert _ir(settings) == reference, runner
 

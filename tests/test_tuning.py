@@ -48,6 +48,31 @@ def test_default_search_space_follows_the_config():
   assert 'attn_length' not in tuning.resolve_search_space(basic, basic.hparams)
 
 
+def test_vae_search_space_is_its_own():
+  """MusicVAEs search their own names (the issue's), ranked by the eval ELBO; an event
+  RNN's names are no VAE hparams, and the other way round."""
+  for name in ('cat-drums_2bar_small', 'cat-mel_2bar_small'):
+    config = model_configs.get_config(name)
+    space = tuning.resolve_search_space(config, config.hparams)
+    assert set(space) == {'z_size', 'free_bits', 'max_beta', 'learning_rate', 'dec_rnn_size'}
+    assert config.hparams.z_size in space['z_size']['values']
+    assert list(config.hparams.dec_rnn_size) in space['dec_rnn_size']['values']
+    assert config.hparams.free_bits in space['free_bits']['values']
+    assert tuning.objective(config) == 'val_elbo'
+    with pytest.raises(ValueError, match='cannot search'):
+      tuning.normalize_search_space({'rnn_layer_sizes': [[8]]}, config.hparams)
+    with pytest.raises(ValueError, match='a range is'):
+      tuning.normalize_search_space({'dec_rnn_size': {'min': 8, 'max': 16}}, config.hparams)
+  drums = model_configs.get_config('drum_kit')
+  with pytest.raises(ValueError, match='cannot search'):
+    tuning.normalize_search_space({'z_size': [8]}, drums.hparams)
+  # A tuner's choice of decoder sizes is a string; the Trainer splits it back.
+  vae = model_configs.get_config('cat-drums_2bar_small')
+  hparams = training.resolve_hparams(vae, {'batch_size': 8},
+                                     {'values': {'dec_rnn_size': '16,16', 'z_size': 8}})
+  assert hparams.dec_rnn_size == (16, 16) and hparams.z_size == 8 and hparams.batch_size == 8
+
+
 def test_search_space_file_overrides_and_rejects(tmp_path):
   config = model_configs.get_config(CONFIG)
   base = config.hparams.replace(**HPARAMS)

@@ -5,6 +5,12 @@ the component's model config, counts every dropped sequence by reason (Beam coun
 JSON file next to the examples, the log) and refuses to finish with zero examples.
 Splits train/eval by piece with splitting.eval_pieces over the set of all pieces that
 yielded examples (a Beam side input), so the eval split's size is guaranteed, not luck.
+
+MusicVAE configs: one example per unique 2-bar slice (vae_slicing.py). The train split
+keeps only the slices of each piece drawn for training (features.IN_TRAINING_SAMPLE,
+Magenta's <= max_tensors_per_notesequence per NoteSequence, seeded by split_seed); the
+eval split keeps every slice. The slices left out of train are counted
+('train_slices_not_in_sample').
 """
 
 import collections
@@ -30,6 +36,8 @@ from music_rnn import features
 MODEL_CONFIG_KEY = 'model_config'
 SPLIT_SEED_KEY = 'split_seed'
 STATS_FILE = 'extraction_stats.json'
+# The split's counts (a '-' never appears in _stats_file_name's names).
+SPLIT_STATS_FILE = 'by-piece.' + STATS_FILE
 STATS_PROPERTY = 'extraction_stats'
 SPLIT_FILE = 'split_pieces.json'
 SPLIT_PROPERTY = 'split_pieces'
@@ -58,8 +66,9 @@ class _ReadFile(beam.DoFn):
 class _Extract(beam.DoFn):
   """Extracts the config's event sequences from one NoteSequence."""
 
-  def __init__(self, config_name: str):
+  def __init__(self, config_name: str, sample_seed: int = 0):
     self._config_name = config_name
+    self._sample_seed = sample_seed
 
   def setup(self):
     # Imported lazily so the worker pays for note_seq only once.
@@ -70,7 +79,8 @@ class _Extract(beam.DoFn):
   def process(self, serialized: bytes):
     stats = collections.Counter()
     note_sequence = self._note_sequence_cls.FromString(serialized)
-    for seq in extraction.extract_sequences(note_sequence, self._config, stats):
+    for seq in extraction.extract_sequences(note_sequence, self._config, stats,
+                                            self._sample_seed):
       yield extraction.to_tf_example(seq, self._config)
     yield from _count(stats)
 
@@ -79,16 +89,30 @@ def _source_id(example: tf.train.Example) -> str:
   return example.features.feature[features.SOURCE_ID].bytes_list.value[0].decode('utf-8')
 
 
-class _SplitByPiece(beam.DoFn):
-  """Sends each (source_id, example) to the eval output if its piece was chosen."""
+def _in_training_sample(example: tf.train.Example) -> bool:
+  flag = example.features.feature[features.IN_TRAINING_SAMPLE].int64_list.value
+  return bool(flag and flag[0])
 
-  def __init__(self, train: str, evaluation: str):
+
+class _SplitByPiece(beam.DoFn):
+  """Sends each (source_id, example) to the eval output if its piece was chosen.
+
+  With `train_sample_only` (MusicVAE), a train example not in its piece's training
+  sample is dropped and counted.
+  """
+
+  def __init__(self, train: str, evaluation: str, train_sample_only: bool = False):
     self._train, self._eval = train, evaluation
+    self._train_sample_only = train_sample_only
 
   def process(self, keyed, eval_ids):
     source_id, example = keyed
-    yield beam.pvalue.TaggedOutput(
-        self._eval if source_id in eval_ids else self._train, example)
+    if source_id in eval_ids:
+      yield beam.pvalue.TaggedOutput(self._eval, example)
+    elif not self._train_sample_only or _in_training_sample(example):
+      yield beam.pvalue.TaggedOutput(self._train, example)
+    else:
+      yield from _count(collections.Counter(train_slices_not_in_sample=1))
 
 
 def _write_split(piece_ids: List[str], eval_ids, eval_ratio: float, seed: int,
@@ -140,13 +164,14 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         raise FileNotFoundError(f'No NoteSequence TFRecord files match {pattern!r}')
       logging.info('Extracting %s sequences from %d file(s) matching %s',
                    config.name, len(files), pattern)
+      sample_seed = int(exec_properties.get(SPLIT_SEED_KEY) or 0)
       read = (pipeline
               | 'ListFiles' >> beam.Create(files)
               | 'ReadNoteSequences' >> beam.ParDo(_ReadFile()).with_outputs(
                   _STATS_TAG, main='sequences'))
       extracted = (read.sequences
                    | 'Spread' >> beam.Reshuffle()
-                   | 'Extract' >> beam.ParDo(_Extract(config.name)).with_outputs(
+                   | 'Extract' >> beam.ParDo(_Extract(config.name, sample_seed)).with_outputs(
                        _STATS_TAG, main='examples'))
       if stats_dir:
         stats_path = os.path.join(stats_dir, _stats_file_name(split_pattern))
@@ -183,9 +208,15 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
     split_path = os.path.join(self._stats_dir, SPLIT_FILE) if self._stats_dir else None
     _ = piece_ids | 'RecordSplit' >> beam.Map(
         _write_split, beam.pvalue.AsSingleton(eval_ids), eval_ratio, seed, split_path)
+    config = configs.get_config(exec_properties[MODEL_CONFIG_KEY])
     out = keyed | 'SplitByPiece' >> beam.ParDo(
-        _SplitByPiece(train, evaluation), beam.pvalue.AsSingleton(eval_ids)).with_outputs(
-            train, evaluation)
+        _SplitByPiece(train, evaluation, train_sample_only=configs.is_vae(config)),
+        beam.pvalue.AsSingleton(eval_ids)).with_outputs(train, evaluation, _STATS_TAG)
+    if self._stats_dir:
+      _ = (out[_STATS_TAG]
+           | 'SumSplitStats' >> beam.CombineGlobally(_sum_stats)
+           | 'WriteSplitStats' >> beam.Map(
+               _write_stats, os.path.join(self._stats_dir, SPLIT_STATS_FILE)))
     return {train: out[train], evaluation: out[evaluation]}
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
@@ -230,7 +261,8 @@ def _stats_file_name(split_pattern: str) -> str:
 
 
 def read_stats(examples_uri: str) -> Dict[str, int]:
-  """Sums the per-input-split extraction stats an Examples artifact recorded."""
+  """Sums the extraction stats an Examples artifact recorded (per input split, and the
+  train/eval split's)."""
   total = collections.Counter()
   for path in tf.io.gfile.glob(os.path.join(examples_uri, '_stats', '*' + STATS_FILE)):
     with tf.io.gfile.GFile(path) as f:
