@@ -11,10 +11,14 @@ PYTEST_ARGS ?=
 # [64,64] layers, batch 32, 300 steps at learning rate 0.005 (Magenta's 0.001 needs more
 # steps than a 20-minute budget holds). Magenta's defaults: `make run RUN_ARGS='--train-steps 20000'`.
 RUN_ARGS ?= --train-steps 300 --batch-size 32 --hparams 'rnn_layer_sizes=[64,64],learning_rate=0.005'
+# `make run-vae`: the two MusicVAEs at CPU sizes (Magenta's: enc [512], dec [256,256], z 256,
+# batch 512, ~50k steps), 600 steps at learning rate 0.003.
+VAE_RUN_ARGS ?= --train-steps 600 --batch-size 64 \
+  --hparams 'enc_rnn_size=[128],dec_rnn_size=[128,128],z_size=64,learning_rate=0.003'
 # Appended to RUN_ARGS (benchmarks/pipeline_walltime.py puts outputs elsewhere with it).
 RUN_EXTRA ?=
 
-.PHONY: venv data data-full run test oracle benchmarks clean airflow-venv kubeflow-spec image
+.PHONY: venv data data-full run run-vae test oracle benchmarks clean airflow-venv kubeflow-spec image
 
 venv: $(STAMP)
 
@@ -59,6 +63,10 @@ run: data
 	$(BIN)/music-rnn run --config drum_kit $(RUN_ARGS) $(RUN_EXTRA)
 	$(BIN)/music-rnn run --config attention_rnn $(RUN_ARGS) $(RUN_EXTRA)
 
+run-vae: data
+	$(BIN)/music-rnn run --config cat-drums_2bar_small $(VAE_RUN_ARGS) $(RUN_EXTRA)
+	$(BIN)/music-rnn run --config cat-mel_2bar_small $(VAE_RUN_ARGS) $(RUN_EXTRA)
+
 # Airflow 2.10 needs Werkzeug < 3, the main lock has 3.1: .venv-airflow holds only Airflow's
 # packages (its lock, --no-deps) and reaches everything else (TFX, this package) through a
 # .pth that adds .venv's site-packages after its own. See airflow/README.md.
@@ -86,6 +94,10 @@ kubeflow-spec: $(STAMP)
 	  --data $(DATA_DRUMS) --image $(IMAGE) --output $(KUBEFLOW_OUT)/drum_kit.json $(KUBEFLOW_ARGS)
 	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config attention_rnn --pipeline-root $(PIPELINE_ROOT) \
 	  --data $(DATA_MELODY) --image $(IMAGE) --output $(KUBEFLOW_OUT)/attention_rnn.json $(KUBEFLOW_ARGS)
+	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config cat-drums_2bar_small --pipeline-root $(PIPELINE_ROOT) \
+	  --data $(DATA_DRUMS) --image $(IMAGE) --output $(KUBEFLOW_OUT)/cat-drums_2bar_small.json $(KUBEFLOW_VAE_ARGS)
+	$(BIN)/python kubeflow/kubeflow_v2_runner.py --config cat-mel_2bar_small --pipeline-root $(PIPELINE_ROOT) \
+	  --data $(DATA_MELODY) --image $(IMAGE) --output $(KUBEFLOW_OUT)/cat-mel_2bar_small.json $(KUBEFLOW_VAE_ARGS)
 
 image:
 	@test -n "$(IMAGE)" || { echo 'usage: make image IMAGE=REGISTRY/PATH:TAG [IMAGE_ARGS=--push|--cloud]'; exit 2; }

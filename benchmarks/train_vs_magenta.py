@@ -1,7 +1,8 @@
 """Training speed: our Trainer's run_fn vs Magenta 2.1.4's own training graph.
 
-For each config, on the same pieces (all extracted sequences of the bundled data: drums
-data/drums/freedoom.tfrecord.gz, melodies data/melody/essen_subset.tfrecord from `make
+For each config, on the same pieces (all extracted sequences of the bundled data, what
+`make run` trains on: drums data/drums/*.tfrecord.gz, Freedoom + MMA's grooves, or with
+`--drums freedoom` Freedoom's only; melodies data/melody/essen_subset.tfrecord from `make
 data`), with the same hparams, one after the other:
   - Magenta: a child Python with Magenta 2.1.4 on its path (`make oracle`; never imported
     here) builds its SequenceExamples with its own dataset pipeline
@@ -21,7 +22,8 @@ longer (up to `--max-warmup`) until every batch shape (steps x rows) of the time
 has been seen, as XLA compiles once per shape: the batches are replayed beforehand with
 run_fn's seed. run_fn's history records give the timed rate (evaluation and checkpoints
 excluded); the row says how many shapes were still new, if any.
-Printed per side: examples/s, real time-steps/s (the steps of real events; padding
+Printed per side (each row names its data): examples/s (sequences trained on / s:
+Magenta's batches are always full, ours count their real rows), real time-steps/s (the steps of real events; padding
 excluded), padded fraction (padded steps / real steps of the timed batches; Magenta pads
 each batch to its longest sequence) and ours/Magenta. Targets, on time-steps/s (examples/s
 also depends on which sequences the timed batches drew): ours/Magenta >= 3.0 at
@@ -36,7 +38,7 @@ import tensorflow_probability for models not used here). MAGENTA_ORACLE_PATH
 
 Usage: python benchmarks/train_vs_magenta.py [--configs drum_kit,attention_rnn]
        [--steps 20] [--warmup 20] [--max-warmup 200] [--magenta-sizes]
-       [--sides magenta,ours]
+       [--sides magenta,ours] [--drums bundled|freedoom]
 """
 
 import argparse
@@ -99,11 +101,9 @@ def _magenta_dataset(tf, modules, config_name, data_path, out_path):
   model_module, pipeline_module = modules[kind]
   config = model_module.default_configs[config_name]
   dag = pipeline_module.get_pipeline(config, eval_ratio=0.0)
-  with open(data_path, 'rb') as f:
-    gzip = f.read(2) == b'\x1f\x8b'
-  options = tf.io.TFRecordOptions(tf.io.TFRecordCompressionType.GZIP if gzip else None)
   pieces = (music_pb2.NoteSequence.FromString(r)
-            for r in tf.io.tf_record_iterator(data_path, options))
+            for path in sorted(tf.io.gfile.glob(data_path))
+            for r in tf.io.tf_record_iterator(path, _record_options(tf, path)))
   outputs = modules['pipeline'].load_pipeline(dag, pieces)
   examples = [e for name, es in outputs.items() if name.startswith('training') for e in es]
   with tf.io.TFRecordWriter(out_path) as writer:
@@ -111,6 +111,12 @@ def _magenta_dataset(tf, modules, config_name, data_path, out_path):
       writer.write(example.SerializeToString())
   steps = sum(len(e.feature_lists.feature_list['inputs'].feature) for e in examples)
   return config, len(examples), steps
+
+
+def _record_options(tf, path):
+  with open(path, 'rb') as f:
+    gzip = f.read(2) == b'\x1f\x8b'
+  return tf.io.TFRecordOptions(tf.io.TFRecordCompressionType.GZIP if gzip else None)
 
 
 def _magenta_time(tf, modules, captured, config, path, warmup, steps):
@@ -434,21 +440,37 @@ def _row(side, steps, batch, r):
   return eps, (real / r['seconds'] if real else None)
 
 
+HPARAM_NAMES = ('batch_size', 'rnn_layer_sizes', 'dropout_keep_prob', 'attn_length',
+                'clip_norm', 'learning_rate')
+
+
+def _check_hparams(config, overrides, magenta_hparams):
+  """Prints the hparams both sides trained with; says so if they differ."""
+  ours = config.hparams.replace(**overrides)
+  ours = {k: list(v) if isinstance(v, tuple) else v
+          for k, v in ours.to_dict().items() if k in HPARAM_NAMES}
+  theirs = {k: magenta_hparams.get(k) for k in HPARAM_NAMES}
+  differ = [k for k in HPARAM_NAMES if ours[k] != theirs[k]]
+  print(f'  hparams (both): {ours}' if not differ else
+        f'  hparams DIFFER: ours {ours}, Magenta {theirs}')
+
+
 def compare(name, args):
   """Magenta, then ours, on one config; prints their rows and the ratio."""
   sys.path.insert(0, PROJECT_ROOT)
   from music_rnn import configs  # pylint: disable=g-import-not-at-top
   from pipeline import configs as pipeline_configs  # pylint: disable=g-import-not-at-top
   config = configs.get_config(name)
-  # Drums: Freedoom only, the pieces the README's numbers were measured on (the default
-  # drum data now adds MMA's grooves, which would only make every pass longer).
-  data = (FREEDOOM if config.kind == configs.DRUMS
+  # Drums: the bundled data (Freedoom + MMA, what `make run` trains on) or, with
+  # --drums freedoom, Freedoom's pieces only (the README's numbers before MMA).
+  data = (FREEDOOM if config.kind == configs.DRUMS and args.drums == 'freedoom'
           else pipeline_configs.default_data(config.kind))
+  data_name = os.path.relpath(data, PROJECT_ROOT)
   hparams = ({'rnn_layer_sizes': list(config.hparams.rnn_layer_sizes),
               'batch_size': config.hparams.batch_size} if args.magenta_sizes else dict(SMALL))
   batch = hparams['batch_size']
   print(f'\n{name}: rnn_layer_sizes={hparams["rnn_layer_sizes"]} batch {batch}, '
-        f'{os.path.relpath(data, PROJECT_ROOT)}; load {os.getloadavg()[0]:.2f}')
+        f'{data_name}; load {os.getloadavg()[0]:.2f}')
   print(f'  {"side":<8} {"steps":>5} {"examples/s":>11} {"time-steps/s":>12} '
         f'{"padded":>7} {"seconds":>8}')
   rates, steps = {}, args.steps
@@ -459,12 +481,14 @@ def compare(name, args):
     if 'magenta' in args.sides:
       m = run_magenta({'config': name, 'data': data, 'warmup': args.warmup,
                        'steps': steps, **hparams})
-      m['note'] = (f'{m["sequences"]} seqs/{m["dataset_steps"]} steps, loss '
+      m['note'] = (f'{data_name}: {m["sequences"]} seqs/{m["dataset_steps"]} steps, loss '
                    f'{m["first_loss"]:.2f}->{m["last_loss"]:.2f}')
       rates['magenta'] = _row('Magenta', steps, batch, m)
+      _check_hparams(config, hparams, m['hparams'])
     if 'ours' in args.sides:
       o, batch_ours, steps = run_ours(config, hparams, prep, tmp)
-      o['note'] = f'{prep["sequences"]} seqs/{prep["dataset_steps"]} steps, {o["note"]}'
+      o['note'] = (f'{data_name}: {prep["sequences"]} seqs/{prep["dataset_steps"]} steps, '
+                   f'{o["note"]}')
       if o['padded_fraction_metrics'] is not None:
         o['note'] += f'; metrics.json padded_fraction {o["padded_fraction_metrics"]:.3f}'
       rates['ours'] = _row('ours', steps, batch_ours, o)
@@ -491,6 +515,9 @@ def main():
   parser.add_argument('--magenta-sizes', action='store_true',
                       help="Magenta's default layer sizes and batch 128")
   parser.add_argument('--sides', default='magenta,ours')
+  parser.add_argument('--drums', choices=('bundled', 'freedoom'), default='bundled',
+                      help="drum data: the bundled data/drums/*.tfrecord.gz (make run's) "
+                      "or Freedoom's pieces only")
   parser.add_argument('--magenta-worker', help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.magenta_worker:

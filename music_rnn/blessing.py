@@ -19,6 +19,10 @@ class BlessingThresholds:
   # Eval loss at most (1 - margin) x the loss of the train split's label frequencies
   # (unigram_loss): the model must beat a context-free guess; None: no such check.
   unigram_margin: Optional[float] = 0.1
+  # MusicVAE configs only: teacher-forced reconstruction accuracy on the steps that hold
+  # a note or a hit (event_accuracy) at least this. A VAE that decodes "hold" at every
+  # step beats the unigram table on loss yet reconstructs nothing; this rejects it.
+  min_vae_event_accuracy: Optional[float] = 0.05
 
   def __post_init__(self):
     if self.max_perplexity_fraction is not None and not self.max_perplexity_fraction > 0:
@@ -28,6 +32,9 @@ class BlessingThresholds:
       raise ValueError(f'loss_tolerance must be >= 0, got {self.loss_tolerance}')
     if self.unigram_margin is not None and not 0 <= self.unigram_margin < 1:
       raise ValueError(f'unigram_margin must be in [0, 1), got {self.unigram_margin}')
+    if self.min_vae_event_accuracy is not None and not 0 <= self.min_vae_event_accuracy <= 1:
+      raise ValueError(f'min_vae_event_accuracy must be in [0, 1], got '
+                       f'{self.min_vae_event_accuracy}')
 
   @property
   def max_loss_vs_unigram(self) -> Optional[float]:

@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 import tensorflow as tf
 
+from music_rnn import model as model_lib
+
 RUN_SPEC = 'run_spec.json'
 HISTORY = 'history.json'
 BEST_INDEX = 'index.json'
@@ -96,7 +98,7 @@ class Checkpointer:
 
   @property
   def step(self) -> int:
-    return int(self.model.optimizer.iterations.numpy())
+    return int(model_lib.global_step(self.model.optimizer).numpy())
 
   def saved_step(self) -> int:
     """The step of the newest checkpoint this process saved or restored (0: none)."""

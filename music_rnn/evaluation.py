@@ -242,6 +242,10 @@ def eval_config(config, thresholds: BlessingThresholds) -> tfma.EvalConfig:
     if name == LOSS_VS_UNIGRAM and thresholds.max_loss_vs_unigram is not None:
       # NaN (no unigram_xent in the export, empty split) fails it too.
       threshold = _upper_bound(thresholds.max_loss_vs_unigram)
+    if (name == 'event_accuracy' and configs.is_vae(config) and
+        thresholds.min_vae_event_accuracy is not None):
+      threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+          lower_bound={'value': thresholds.min_vae_event_accuracy}))
     if name == loss_metric(config):
       # Always checked: a NaN or infinite loss fails every comparison, so it is never
       # blessed (and without any threshold TFX's Evaluator would bless nothing at all).

@@ -753,7 +753,7 @@ class _Recorder(keras.callbacks.Callback):
       self._write(record)
 
   def _step(self) -> int:
-    return int(self.model.optimizer.iterations.numpy())
+    return int(model_lib.global_step(self.model.optimizer).numpy())
 
   def on_epoch_begin(self, epoch, logs=None):
     self._start, self._end, self._start_step = time.perf_counter(), None, self._step()

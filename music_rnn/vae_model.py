@@ -190,12 +190,7 @@ def slerp(a, b, t) -> tf.Tensor:
 _plain_tf = tf.autograph.experimental.do_not_convert
 
 
-def global_step(optimizer):
-  """The optimizer's step count (the global step of the schedules). Keras 3.6's
-  LossScaleOptimizer (mixed_float16) counts in its inner optimizer: its own
-  `iterations` stays 0."""
-  return getattr(optimizer, 'inner_optimizer', optimizer).iterations
-
+global_step = model_lib.global_step
 
 def _seed(base, *data) -> tf.Tensor:
   """A stateless-random seed [2] from `base` [2] and ints folded in."""

@@ -165,7 +165,7 @@ def test_a_vae_no_better_than_unigram_is_not_blessed(pipeline_runs):
   tmp, first = pipeline_runs(DRUMS)
   pushed = os.listdir(tmp / 'serving' / DRUMS)
   strict = _run(tmp, DRUMS, blessing='max_perplexity_fraction=2,loss_tolerance=none,'
-                'unigram_margin=0.1')
+                'unigram_margin=0.1,min_vae_event_accuracy=none')
   assert strict.component_states['Trainer'] == 'CACHED'
   assert strict.component_states['Evaluator'] == 'COMPLETE'
   verdict = strict.evaluation
@@ -174,6 +174,19 @@ def test_a_vae_no_better_than_unigram_is_not_blessed(pipeline_runs):
   assert verdict['metrics'] == pytest.approx(first.evaluation['metrics'])
   assert strict.pushed_model is None
   assert os.listdir(tmp / 'serving' / DRUMS) == pushed
+
+
+def test_a_vae_that_reconstructs_no_events_is_not_blessed(pipeline_runs):
+  """The same trained model judged on its hits alone: a reconstruction of the drum
+  hits below min_vae_event_accuracy fails blessing, whatever its loss."""
+  tmp, first = pipeline_runs(DRUMS)
+  event_accuracy = first.evaluation['metrics']['event_accuracy']
+  assert event_accuracy < 0.99
+  strict = _run(tmp, DRUMS, blessing='max_perplexity_fraction=2,loss_tolerance=none,'
+                'unigram_margin=none,min_vae_event_accuracy=0.99')
+  verdict = strict.evaluation
+  assert not verdict['blessed'] and verdict['failed'] == ['event_accuracy'], verdict
+  assert strict.pushed_model is None
 
 
 
