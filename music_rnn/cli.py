@@ -438,7 +438,7 @@ def _add_magenta_parsers(sub) -> None:
   source.add_argument('--checkpoint', help='A Magenta run_dir, checkpoint directory or '
                       'prefix (model.ckpt-N); needs --config and the --hparams it was '
                       'trained with.')
-  p.add_argument('--config', choices=sorted(configs.CONFIGS))
+  p.add_argument('--config', choices=configs.names(configs.EVENT_RNN))
   p.add_argument('--hparams', default='',
                  help="Magenta syntax, e.g. 'rnn_layer_sizes=[64,64],attn_length=16'.")
   p.add_argument('--output', required=True, help='The SavedModel directory to create.')

@@ -35,6 +35,13 @@ ENCODING_MELODY_LOOKBACK = 'lookback_melody'  # LookbackEventSequenceEncoderDeco
 ENCODING_KEY_MELODY = 'key_melody'  # KeyMelodyEncoderDecoder
 
 
+def _check_replace(hparams, overrides: Dict[str, Any]) -> None:
+  known = {f.name for f in dataclasses.fields(hparams)}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise ValueError(f'Unknown hparam(s) {unknown}; known: {sorted(known)}')
+
+
 @dataclasses.dataclass(frozen=True)
 class HParams:
   """Model/training hyperparameters (Magenta's HParams for the config)."""
@@ -47,10 +54,7 @@ class HParams:
 
   def replace(self, **overrides: Any) -> 'HParams':
     """Returns a copy with `overrides` applied; unknown names are an error."""
-    known = {f.name for f in dataclasses.fields(self)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-      raise ValueError(f'Unknown hparam(s) {unknown}; known: {sorted(known)}')
+    _check_replace(self, overrides)
     if 'rnn_layer_sizes' in overrides:
       overrides['rnn_layer_sizes'] = tuple(int(s) for s in overrides['rnn_layer_sizes'])
     new = dataclasses.replace(self, **overrides)
@@ -167,13 +171,6 @@ class ModelConfig:
     return json.dumps(self.to_dict(hparams), sort_keys=True)
 
   family = EVENT_RNN
-
-
-def _check_replace(hparams, overrides: Dict[str, Any]) -> None:
-  known = {f.name for f in dataclasses.fields(hparams)}
-  unknown = sorted(set(overrides) - known)
-  if unknown:
-    raise ValueError(f'Unknown hparam(s) {unknown}; known: {sorted(known)}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,6 +379,11 @@ CONFIGS: Dict[str, Any] = {
 
 def is_vae(config: Any) -> bool:
   return config.family == MUSIC_VAE
+
+
+def names(family: Optional[str] = None) -> list:
+  """The config names, sorted; of one family (EVENT_RNN or MUSIC_VAE) if given."""
+  return sorted(n for n, c in CONFIGS.items() if family in (None, c.family))
 
 
 def get_config(name: str):

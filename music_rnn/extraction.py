@@ -455,11 +455,6 @@ def _melody_from_notes(notes, onsets, search_start_step, steps_per_bar, ext):
   return melody_start, events, length
 
 
-# serving/client.py's names for the two extractors.
-_extract_drum_tracks = extract_drum_tracks
-_extract_melodies = extract_melodies
-
-
 # ---------------------------------------------------------------------------------
 # tf.Example encoding.
 

@@ -599,16 +599,22 @@ def _join_slices(slices: Sequence[Sequence[int]], is_drums: bool) -> np.ndarray:
   return np.concatenate(joined)
 
 
+def _numbered_midis(model: VaeModel, slices: np.ndarray, output_dir: str, stem: str,
+                    qpm: float) -> List[str]:
+  """<stem>_<i>.mid for each slice (i from 1, zero-padded to sort), in output_dir."""
+  os.makedirs(output_dir, exist_ok=True)
+  digits = len(str(len(slices)))
+  return [_slice_midi(model, events, os.path.join(
+      output_dir, f'{stem}_{str(i + 1).zfill(digits)}.mid'), qpm)
+          for i, events in enumerate(slices)]
+
+
 def write_samples(model: VaeModel, samples: np.ndarray, output_dir: str, qpm: float,
                   title: str, stem: Optional[str] = None) -> Tuple[List[str], str]:
   """One MIDI file per sample and one PNG with all of them as a grid of piano rolls;
   returns (MIDI paths, PNG path)."""
-  os.makedirs(output_dir, exist_ok=True)
   stem = _stem(stem)
-  digits = len(str(len(samples)))
-  mids = [_slice_midi(model, events, os.path.join(
-      output_dir, f'{stem}_{str(i + 1).zfill(digits)}.mid'), qpm)
-          for i, events in enumerate(samples)]
+  mids = _numbered_midis(model, samples, output_dir, stem, qpm)
   png = os.path.join(output_dir, f'{stem}_samples.png')
   write_piano_roll_panels(samples, model.is_drums, png,
                           [f'#{i + 1}' for i in range(len(samples))], title,
@@ -621,12 +627,8 @@ def write_interpolation(model: VaeModel, steps: np.ndarray, output_dir: str, qpm
   """One MIDI file per interpolation step, one with all steps back to back (as Magenta's
   demos play an interpolation), and one PNG showing them as a strip of piano rolls;
   returns (MIDI paths, the whole one last; PNG path)."""
-  os.makedirs(output_dir, exist_ok=True)
   stem = _stem(stem)
-  digits = len(str(len(steps)))
-  mids = [_slice_midi(model, events, os.path.join(
-      output_dir, f'{stem}_{str(i + 1).zfill(digits)}.mid'), qpm)
-          for i, events in enumerate(steps)]
+  mids = _numbered_midis(model, steps, output_dir, stem, qpm)
   mids.append(_slice_midi(model, _join_slices(steps, model.is_drums),
                           os.path.join(output_dir, f'{stem}_interpolation.mid'), qpm))
   png = os.path.join(output_dir, f'{stem}_interpolation.png')

@@ -196,3 +196,36 @@ def bundled_raw_splits(config_name: str, max_pieces: Optional[int] = None):
       continue  # a MusicVAE slice outside its piece's training sample (as the ExampleGen)
     raw[split].append(extraction.to_tf_example(s, config).SerializeToString())
   return raw
+
+
+class MagentaOracle:
+  """tests/magenta_oracle.py (Magenta 2.1.4 from .oracle-site) on `pieces` in a
+  background subprocess, started before the tests that read it, so it overlaps them."""
+
+  def __init__(self, tmp_dir: str, pieces, kinds):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import sys  # pylint: disable=g-import-not-at-top
+    from music_rnn import io_utils  # pylint: disable=g-import-not-at-top
+    path = os.path.join(tmp_dir, 'pieces.tfrecord')
+    io_utils.write_tfrecords(path, [ns.SerializeToString() for ns in pieces])
+    env = dict(os.environ, PYTHONPATH=os.path.join(PROJECT_ROOT, '.oracle-site'),
+               TF_CPP_MIN_LOG_LEVEL='3')
+    self._proc = subprocess.Popen(
+        [sys.executable, os.path.join(PROJECT_ROOT, 'tests', 'magenta_oracle.py'),
+         ','.join(kinds), path],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    self._lines = None
+
+  def lines(self, kind):
+    """The oracle's JSON lines of one kind (waits for it the first time)."""
+    import json  # pylint: disable=g-import-not-at-top
+    if self._lines is None:
+      out, err = self._proc.communicate(timeout=600)
+      assert self._proc.returncode == 0, err[-3000:]
+      self._lines = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+    return [line for line in self._lines if line['kind'] == kind]
+
+  def stop(self):
+    if self._proc.poll() is None:
+      self._proc.kill()
+      self._proc.communicate()

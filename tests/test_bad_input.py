@@ -306,7 +306,7 @@ def test_unusual_pieces_are_counted_each_by_its_reason():
 def test_an_unforeseen_error_drops_the_piece_not_the_run(monkeypatch):
   def boom(*args):
     raise RuntimeError('a bug the input found')
-  monkeypatch.setattr(extraction, '_extract_drum_tracks', boom)
+  monkeypatch.setattr(extraction, 'extract_drum_tracks', boom)
   stats = collections.Counter()
   ns = _piece('p', _drums(128))
   assert extraction.extract_sequences(ns, configs.get_config('drum_kit'), stats) == []

@@ -158,7 +158,7 @@ def assert_encodes_like_oracle(name, events):
 
 
 # The event-RNN configs (the MusicVAEs' encoding is tested in test_vae_model.py).
-RNN_CONFIGS = sorted(n for n, c in configs.CONFIGS.items() if not configs.is_vae(c))
+RNN_CONFIGS = configs.names(configs.EVENT_RNN)
 
 
 # --- Tests. ---------------------------------------------------------------------------

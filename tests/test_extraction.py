@@ -13,8 +13,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 import time
 
 import note_seq
@@ -28,7 +26,7 @@ from music_rnn import configs
 from music_rnn import extraction
 from music_rnn import features
 from music_rnn import io_utils
-from tests.conftest import hundred_thousand_notes
+from tests.conftest import MagentaOracle, hundred_thousand_notes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FREEDOOM = os.path.join(ROOT, 'data', 'drums', 'freedoom.tfrecord.gz')
@@ -594,32 +592,10 @@ def _assert_same_as_oracle(pieces, oracle_lines, config_by_kind):
 ORACLE_KINDS = {'drums': DRUMS, 'melody': MELODY, 'melody-ignore-polyphonic': MELODY_IGNORE_POLY}
 
 
-class _Oracle:
-  """Magenta run in a background subprocess, started before the other tests run."""
-
-  def __init__(self, tmp_dir, sample):
-    rng = random.Random(1234)
-    self.pieces = list(sample) + [_random_piece(rng, i) for i in range(60)]
-    path = os.path.join(tmp_dir, 'pieces.tfrecord')
-    io_utils.write_tfrecords(path, [ns.SerializeToString() for ns in self.pieces])
-    env = dict(os.environ, PYTHONPATH=ORACLE_SITE, TF_CPP_MIN_LOG_LEVEL='3')
-    self._proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'tests', 'magenta_oracle.py'),
-         ','.join(ORACLE_KINDS), path],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    self._lines = None
-
-  def lines(self, kind):
-    if self._lines is None:
-      out, err = self._proc.communicate(timeout=600)
-      assert self._proc.returncode == 0, err[-3000:]
-      self._lines = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
-    return [line for line in self._lines if line['kind'] == kind]
-
-  def stop(self):
-    if self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.communicate()
+def _oracle_pieces(sample):
+  """The sample plus 60 random corner-case pieces, what the oracle and we both read."""
+  rng = random.Random(1234)
+  return list(sample) + [_random_piece(rng, i) for i in range(60)]
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -628,7 +604,9 @@ def oracle(tmp_path_factory, sample):
   if not os.path.isdir(os.path.join(ORACLE_SITE, 'magenta')):
     yield None
     return
-  running = _Oracle(str(tmp_path_factory.mktemp('oracle')), sample)
+  pieces = _oracle_pieces(sample)
+  running = MagentaOracle(str(tmp_path_factory.mktemp('oracle')), pieces, ORACLE_KINDS)
+  running.pieces = pieces
   yield running
   running.stop()
 

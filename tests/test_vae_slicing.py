@@ -12,8 +12,6 @@ import dataclasses
 import json
 import os
 import random
-import subprocess
-import sys
 
 from note_seq import drums_encoder_decoder
 from note_seq import sequences_lib
@@ -27,7 +25,7 @@ from music_rnn import extraction
 from music_rnn import features
 from music_rnn import io_utils
 from music_rnn import vae_slicing
-from tests.conftest import write_slice
+from tests.conftest import MagentaOracle, write_slice
 # pylint: disable=g-bad-import-order; the RNN extraction tests' piece builders
 from tests.test_extraction import FREEDOOM, ORACLE_INSTALL, ORACLE_SITE, ROOT, SAMPLE_IDS
 from tests.test_extraction import _drum_notes, _melody_notes, _piece, _random_piece
@@ -68,39 +66,14 @@ def _labels(seq, config):
                for e in seq.events)
 
 
-class _Oracle:
-  """Magenta's converters in a background subprocess, started before the other tests."""
-
-  def __init__(self, tmp_dir, pieces):
-    path = os.path.join(tmp_dir, 'pieces.tfrecord')
-    io_utils.write_tfrecords(path, [ns.SerializeToString() for ns in pieces])
-    env = dict(os.environ, PYTHONPATH=ORACLE_SITE, TF_CPP_MIN_LOG_LEVEL='3')
-    self._proc = subprocess.Popen(
-        [sys.executable, os.path.join(ROOT, 'tests', 'magenta_oracle.py'),
-         ','.join(CONFIG_BY_KIND), path],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    self._lines = None
-
-  def lines(self, kind):
-    if self._lines is None:
-      out, err = self._proc.communicate(timeout=600)
-      assert self._proc.returncode == 0, err[-3000:]
-      self._lines = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
-    return [line for line in self._lines if line['kind'] == kind]
-
-  def stop(self):
-    if self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.communicate()
-
-
 @pytest.fixture(scope='module', autouse=True)
 def oracle(tmp_path_factory, pieces):
   """Starts the oracle first thing (autouse) so it overlaps with the other tests."""
   if not os.path.isdir(os.path.join(ORACLE_SITE, 'magenta')):
     yield None
     return
-  running = _Oracle(str(tmp_path_factory.mktemp('vae_oracle')), pieces)
+  running = MagentaOracle(str(tmp_path_factory.mktemp('vae_oracle')), pieces,
+                          CONFIG_BY_KIND)
   yield running
   running.stop()
 
