@@ -2,7 +2,6 @@
 generate music from a pushed model."""
 
 import argparse
-import json
 import os
 import re
 import sys

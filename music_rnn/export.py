@@ -88,7 +88,7 @@ def _fit_width(x: tf.Tensor, width) -> tf.Tensor:
   return tf.pad(x, pad)
 
 
-def _rows(x) -> tf.RaggedTensor:
+def ragged_rows(x) -> tf.RaggedTensor:
   """A parsed per-example list feature (VarLen sparse, ragged or dense) as [B, None],
   by the converter the Transform graph itself uses."""
   return preprocessing._to_ragged(x)  # pylint: disable=protected-access
@@ -117,12 +117,12 @@ def check_raw_events(fn: str, kind: str, parsed: Dict[str, Any]) -> List[tf.Oper
   """
   top = events_lib.NUM_MIDI_PITCHES - 1
   if kind == configs.MELODY:
-    bad = _out_of_range(_rows(parsed[features.MELODY_EVENTS]).flat_values,
+    bad = _out_of_range(ragged_rows(parsed[features.MELODY_EVENTS]).flat_values,
                         configs.MELODY_NO_EVENT, top)
     return [_check(fn, features.MELODY_EVENTS, tf.size(bad) == 0,
                    f'hold -2 (no event), -1 (note off) or MIDI pitches 0..{top}', [bad])]
-  pitches = _rows(parsed[features.DRUM_PITCHES])
-  counts = _rows(parsed[features.DRUM_PITCH_COUNTS])
+  pitches = ragged_rows(parsed[features.DRUM_PITCHES])
+  counts = ragged_rows(parsed[features.DRUM_PITCH_COUNTS])
   bad = _out_of_range(pitches.flat_values, 0, top)
   checks = [_check(fn, features.DRUM_PITCHES, tf.size(bad) == 0,
                    f'hold MIDI pitches 0..{top}', [bad])]

@@ -125,7 +125,7 @@ def _check_raw_slices(fn: str, config, parsed: Dict[str, Any]) -> List[tf.Operat
               else features.DRUM_PITCH_COUNTS)
   checks = export.check_raw_events(fn, config.kind, parsed)
   with tf.control_dependencies(checks):
-    lengths = export._rows(parsed[per_step]).row_lengths()  # pylint: disable=protected-access
+    lengths = export.ragged_rows(parsed[per_step]).row_lengths()
     wrong = tf.boolean_mask(lengths, tf.not_equal(lengths, steps))
     checks.append(_assert(tf.size(wrong) == 0,
                           f'{fn}: {per_step} must have {steps} steps per example (a 2-bar '
@@ -133,7 +133,7 @@ def _check_raw_slices(fn: str, config, parsed: Dict[str, Any]) -> List[tf.Operat
   if config.kind == configs.MELODY:
     low, high = config.converter.min_pitch, config.converter.max_pitch
     with tf.control_dependencies(checks):
-      events = export._rows(parsed[per_step]).flat_values  # pylint: disable=protected-access
+      events = export.ragged_rows(parsed[per_step]).flat_values
       bad = tf.boolean_mask(events, (events >= 0) & ((events < low) | (events > high)))
       checks.append(_assert(tf.size(bad) == 0,
                             f'{fn}: {per_step} pitches must be in [{low}, {high}] (the '
