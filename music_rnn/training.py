@@ -191,15 +191,24 @@ def _crop(x, labels, unigram, max_steps: Optional[int]):
 def _sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
                num_blocks: int, max_steps: Optional[int] = None) -> tf.data.Dataset:
   """(inputs, labels [n], unigram_xent) per sequence with n >= 1 labels, in file order."""
+  ds = _parsed_records(file_patterns, tf_transform_output, _TRAINER_FEATURES,
+                       lambda s, spec: parse_transformed(s, spec, num_blocks))
+  ds = ds.map(lambda x, labels, u: _crop(x, labels, u, max_steps))
+  return ds.filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
+
+
+def _parsed_records(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
+                    names: Sequence[str], parse) -> tf.data.Dataset:
+  """Transformed gzipped TFRecords, in file order, through `parse(serialized [N], spec)`
+  (a batch at a time, then one element per record); `spec` holds only `names`."""
   spec = tf_transform_output.transformed_feature_spec()
-  spec = {name: spec[name] for name in _TRAINER_FEATURES}
+  spec = {name: spec[name] for name in names}
   files = _glob(file_patterns)
   ds = tf.data.TFRecordDataset(files, compression_type='GZIP',
                                num_parallel_reads=min(len(files), 4))
-  ds = ds.batch(PARSE_BATCH).map(lambda s: parse_transformed(s, spec, num_blocks),
+  ds = ds.batch(PARSE_BATCH).map(lambda s: parse(s, spec),
                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  ds = ds.unbatch().map(lambda x, labels, u: _crop(x, labels, u, max_steps))
-  return ds.filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
+  return ds.unbatch()
 
 
 def _config_sequences(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
@@ -354,14 +363,9 @@ def parse_vae_transformed(serialized, feature_spec: Dict[str, Any]):
 def _vae_sequences(file_patterns: Sequence[str],
                    tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
   """(inputs, labels [T], unigram_xent) per slice with >= 1 step, in file order."""
-  spec = tf_transform_output.transformed_feature_spec()
-  spec = {name: spec[name] for name in _VAE_TRAINER_FEATURES}
-  files = _glob(file_patterns)
-  ds = tf.data.TFRecordDataset(files, compression_type='GZIP',
-                               num_parallel_reads=min(len(files), 4))
-  ds = ds.batch(PARSE_BATCH).map(lambda s: parse_vae_transformed(s, spec),
-                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.unbatch().filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
+  ds = _parsed_records(file_patterns, tf_transform_output, _VAE_TRAINER_FEATURES,
+                       parse_vae_transformed)
+  return ds.filter(lambda x, labels, u: x[model_lib.LENGTHS] >= 1)
 
 
 def make_vae_dataset(file_patterns: Sequence[str], tf_transform_output: tft.TFTransformOutput,
