@@ -487,18 +487,23 @@ def _xla_backward(weights, kept, d_outputs):
   return _layer_backward(weights, kept, d_outputs)
 
 
-def run_layer(weights, zx, jit_compile: bool = False):
+def run_layer(weights, zx, jit_compile: bool = False, differentiable: bool = True):
   """Runs a layer over zx [B, T, 4U] from the zero state: outputs [B, T, U].
 
   Forward: a tf.while_loop whose iterations are the layer's step (`lstm_cell`,
   `attention_cell`: the recurrent matmul(s) and gates only); backward: the hand-written
   loop above. `jit_compile`: forward and backward each as an XLA cluster, for a train
-  step that is not XLA-compiled itself.
+  step that is not XLA-compiled itself. `differentiable=False` (inference): the forward
+  loop alone, without the custom gradient, which a SavedModel cannot hold (loading an
+  export that traced it warns of "unsaved custom gradients"); gradients, if asked for,
+  are then TensorFlow's own through the loop.
   """
-  names = [k for k in LOOP_WEIGHTS if k in weights]
-  static = {k: v for k, v in weights.items() if not isinstance(v, tf.Tensor)}
   forward, backward = ((_xla_forward, _xla_backward) if jit_compile else
                        (layer_forward, _layer_backward))
+  if not differentiable:
+    return tf.transpose(forward(weights, tf.transpose(zx, [1, 0, 2]))[0], [1, 0, 2])
+  names = [k for k in LOOP_WEIGHTS if k in weights]
+  static = {k: v for k, v in weights.items() if not isinstance(v, tf.Tensor)}
 
   @tf.custom_gradient
   def layer(zx, *tensors):
@@ -884,7 +889,7 @@ class EventSequenceRnn(keras.Model):
         x = layer(x, mask=mask, training=training)
       else:
         zx = input_preactivations(w, hot, dense) if i == 0 else layer_preactivations(w, x)
-        x = run_layer(w, zx, self._loop_jit(w))
+        x = run_layer(w, zx, self._loop_jit(w), differentiable=bool(training))
       x = dropout(x, training=training)
     return self.logits_layer(x)
 

@@ -427,7 +427,7 @@ class MusicVae(keras.Model):
     finals = None
     for i, w in enumerate(self._encoder_weights()):
       x = self._dropout(x, training, seed, i)
-      outputs_fw, outputs_bw = self._bidirectional_layer(w, x, lengths)
+      outputs_fw, outputs_bw = self._bidirectional_layer(w, x, lengths, training)
       x = tf.concat([outputs_fw, tf.reverse_sequence(outputs_bw, lengths, 1, 0)], -1)
       finals = (outputs_fw, outputs_bw)
     # The backward direction's last step over the reversed sequence is its final state.
@@ -437,13 +437,13 @@ class MusicVae(keras.Model):
     encoding = tf.cast(encoding, tf.float32)
     return self.mu_layer(encoding), self.sigma_layer(encoding)
 
-  def _bidirectional_layer(self, w, x, lengths):
+  def _bidirectional_layer(self, w, x, lengths, training):
     """x [B, T, D] -> forward outputs, backward outputs over the reversed real steps."""
     zx = model_lib.layer_preactivations(w, x)  # both directions' x W + b, all steps
     zx_fw, zx_bw = tf.split(zx, 2, axis=-1)
     zx_bw = tf.reverse_sequence(zx_bw, lengths, 1, 0)
     jit = self._loop_jit()
-    return tuple(model_lib.run_layer({'recurrent': r}, z, jit)
+    return tuple(model_lib.run_layer({'recurrent': r}, z, jit, differentiable=bool(training))
                  for r, z in zip(w['recurrent'], (zx_fw, zx_bw)))
 
   def _loop_jit(self) -> bool:

@@ -129,8 +129,9 @@ def test_padding_changes_neither_outputs_nor_metrics(name):
 
 
 def _loss(model, fn, inputs, labels, mask):
+  """Loss and gradients as training computes them (callers turn dropout off)."""
   with tf.GradientTape() as tape:
-    loss = model_lib.sequence_loss(labels, fn(inputs), mask)
+    loss = model_lib.sequence_loss(labels, fn(inputs, training=True), mask)
   return loss, tape.gradient(loss, model.trainable_variables)
 
 
@@ -338,7 +339,7 @@ def test_train_step_applies_clipped_gradients():
   model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0), jit_compile=False)
   inputs, labels, mask = _batch(config, [5, 3], seed=5)
   with tf.GradientTape() as tape:
-    loss = model_lib.sequence_loss(labels, model(inputs), mask)
+    loss = model_lib.sequence_loss(labels, model(inputs, training=True), mask)
   variables = model.trainable_variables
   grads = tape.gradient(loss, variables)
   assert max(float(tf.norm(g)) for g in grads) > 0.01  # clipping is active
