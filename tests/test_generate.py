@@ -282,6 +282,8 @@ def test_generate_signature_in_a_fresh_process(exported):
   proc = run_fresh_python(f'import sys; sys.argv[1:] = [{json.dumps(request)!r}]\n' +
                           FRESH_PROCESS_CHECKS, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # The export traces inference only: no gradient function it could not save.
+  assert [line for line in proc.stderr.splitlines() if 'custom gradients' in line] == []
   results = json.loads(proc.stdout.strip().splitlines()[-1])
   for name, primer in (('drum_kit', DRUM_PRIMER), ('attention_rnn', MELODY_PRIMER)):
     got = results[name]
