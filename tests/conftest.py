@@ -105,6 +105,12 @@ def run_fresh_python(code: str, timeout: int = 300) -> subprocess.CompletedProce
                         capture_output=True, text=True, timeout=timeout)
 
 
+def unsaved_gradient_warnings(stderr: str) -> list:
+  """TensorFlow's load-time warnings of "unsaved custom gradients" in `stderr`: an export
+  that traced a training-only gradient (exports should trace inference only)."""
+  return [line for line in stderr.splitlines() if 'custom gradients' in line]
+
+
 # --- Transform, as TFX runs it, outside a pipeline (tests, benchmarks). ---------------
 
 
