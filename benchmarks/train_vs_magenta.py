@@ -528,7 +528,15 @@ def main():
     return magenta_worker(json.loads(args.magenta_worker))
   if args.steps < 1 or args.warmup < 0:
     parser.error('--steps must be >= 1 and --warmup >= 0')
+  from music_rnn import configs  # pylint: disable=g-import-not-at-top
+  event_rnns = configs.names(configs.EVENT_RNN)
+  unknown = [n for n in args.configs.split(',') if n not in event_rnns]
+  if unknown:
+    parser.error(f'--configs: unknown {unknown}; choose from {event_rnns} '
+                 '(MusicVAE: benchmarks/vae_train_vs_magenta.py)')
   args.sides = args.sides.split(',')
+  if not args.sides or set(args.sides) - {'magenta', 'ours'}:
+    parser.error(f"--sides: 'magenta', 'ours' or both, comma-separated; got {args.sides}")
   print(f'Timed: >= {args.steps} training steps per side (whole passes of our batches) '
         f'after >= {args.warmup} warm-up steps (graph build, tracing and XLA compilation '
         'excluded from both; our warm-up covers the timed batch shapes). Padded = padded '
